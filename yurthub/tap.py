@@ -1,6 +1,180 @@
+"""``twistd yurthub``: command-line options and the service maker.
+
+The options read the config file (``--config``, default ``/etc/yurthub/yurthub.yaml``) and
+let single keys be overridden. Any problem with them ends start-up with one line naming the
+file and the key and a non-zero exit status, never a traceback. ``--demo`` starts the
+simulated kube-apiserver in the same process, seeded with sample objects, and points yurthub
+at it: a whole edge node's view of a cluster with nothing else installed.
+"""
+
+from __future__ import annotations
+
+import sys
+import tempfile
+from typing import Any
+
+from twisted.application.service import IService, MultiService, Service
 from twisted.python import usage
+
+from yurthub import logs
+from yurthub.config import DEFAULT_CONFIG_PATH, Config, ConfigError, load_config
+from yurthub.upstream.tls import CredentialError
+
+DEMO_CLOUD_PORT = 16443
+
+
 class Options(usage.Options):
-    pass
-def makeService(options):
-    from twisted.application.service import MultiService
-    return MultiService()
+    """``twistd yurthub`` options; each override replaces one key of the config file."""
+
+    synopsis = "[options]"
+    longdesc = (
+        "Run yurthub, the Kubernetes edge-node proxy. Settings come from the config file; "
+        "the options below override single keys. --demo runs against a simulated cloud."
+    )
+    optFlags = [
+        ["demo", None, "start a simulated kube-apiserver in-process and proxy to it"],
+    ]
+    optParameters = [
+        ["config", "c", None, f"config file (default {DEFAULT_CONFIG_PATH})"],
+        ["node-name", None, None, "nodeName: this node's name"],
+        ["lb-mode", None, None, "loadBalancing: rr or priority"],
+        ["cache-dir", None, None, "cache.dir: where cached objects are kept"],
+        ["proxy-listen", None, None, "listen.proxy: endpoint string of the HTTP proxy"],
+        ["secure-listen", None, None, "listen.secureProxy: endpoint string of the HTTPS proxy"],
+        ["hub-listen", None, None, "listen.hub: endpoint string of the hub (health, metrics)"],
+        ["ca-file", None, None, "certificates.caFile: the cluster CA bundle"],
+        ["cert-file", None, None, "certificates.certFile: client certificate for the cloud"],
+        ["key-file", None, None, "certificates.keyFile: its private key"],
+        ["log-level", None, None, "logging.level: debug, info, warn or error"],
+        ["log-format", None, None, "logging.format: text or json"],
+        ["demo-port", None, str(DEMO_CLOUD_PORT), "port of the simulated cloud with --demo"],
+    ]
+
+    _KEYS = {
+        "node-name": "nodeName",
+        "lb-mode": "loadBalancing",
+        "cache-dir": "cache.dir",
+        "proxy-listen": "listen.proxy",
+        "secure-listen": "listen.secureProxy",
+        "hub-listen": "listen.hub",
+        "ca-file": "certificates.caFile",
+        "cert-file": "certificates.certFile",
+        "key-file": "certificates.keyFile",
+        "log-level": "logging.level",
+        "log-format": "logging.format",
+    }
+
+    def __init__(self) -> None:
+        super().__init__()
+        self["servers"] = []
+        self.config: Config | None = None
+
+    def opt_server(self, url: str) -> None:
+        """servers: a cloud API server URL; repeat for several (replaces the file's list)"""
+        self["servers"].append(url)
+
+    def overrides(self) -> dict[str, object]:
+        """The config keys given on the command line, as dotted YAML keys."""
+        out: dict[str, object] = {key: self[opt] for opt, key in self._KEYS.items() if self[opt] is not None}
+        if self["servers"]:
+            out["servers"] = list(self["servers"])
+        return out
+
+    def postOptions(self) -> None:  # noqa: N802
+        overrides = self.overrides()
+        if self["demo"]:
+            try:
+                port = int(self["demo-port"])
+            except ValueError:
+                raise SystemExit(f"yurthub: --demo-port: must be a port number, got {self['demo-port']!r}") from None
+            overrides.setdefault("servers", [f"http://127.0.0.1:{port}"])
+            overrides.setdefault("nodeName", "edge-1")
+            overrides.setdefault("cache.dir", tempfile.mkdtemp(prefix="yurthub-demo-cache-"))
+        path = self["config"] or DEFAULT_CONFIG_PATH
+        # The default file may be absent when the command line (or the demo) says enough.
+        required = self["config"] is not None or "servers" not in overrides
+        try:
+            self.config = load_config(path, overrides, required=required)
+        except ConfigError as e:
+            raise SystemExit(f"yurthub: {e}") from None
+        parent: Any = self.parent
+        if parent is not None and not parent.get("logger"):
+            logs.configure(self.config.logging.level, self.config.logging.format)
+            parent["logger"] = "yurthub.logs.observer"
+
+
+class _Announce(Service):
+    """Prints how to use the demo once everything listens."""
+
+    def __init__(self, hub: Any, cloud_url: str) -> None:
+        self._hub = hub
+        self._cloud_url = cloud_url
+
+    def startService(self) -> None:  # noqa: N802
+        super().startService()
+        self._hub.started().addCallback(lambda _: self._print())
+
+    def _print(self) -> None:
+        proxy = self._hub.port_of("listen.proxy")
+        hub = self._hub.port_of("listen.hub")
+        print(
+            "\n".join(
+                [
+                    "",
+                    f"yurthub demo: simulated cloud at {self._cloud_url}, yurthub proxy at http://127.0.0.1:{proxy}",
+                    "try:",
+                    f"  kubectl --server http://127.0.0.1:{proxy} get pods -A",
+                    f"  kubectl --server http://127.0.0.1:{proxy} get nodes",
+                    f"  curl -s http://127.0.0.1:{hub}/v1/readyz?verbose",
+                    f"  curl -s http://127.0.0.1:{hub}/metrics | grep yurthub_",
+                    "",
+                ]
+            ),
+            flush=True,
+        )
+
+
+def makeService(options: Options) -> IService:  # noqa: N802 - twistd's name
+    """Build the yurthub service (plus the simulated cloud with ``--demo``)."""
+    from twisted.internet import reactor
+
+    from yurthub.service import YurtHub
+
+    config = options.config
+    if config is None:  # parseOptions was not run (a caller building options by hand)
+        options.postOptions()
+        config = options.config
+    assert config is not None
+    try:
+        hub = YurtHub(config, reactor)
+    except (CredentialError, OSError) as e:
+        print(f"yurthub: {e}", file=sys.stderr)
+        raise SystemExit(1) from None
+    if not options["demo"]:
+        return hub
+    from yurthub.testing.apiserver import SimulatedAPIServer
+    from yurthub.testing.demo import seed_demo_objects
+
+    top = MultiService()
+    cloud = SimulatedAPIServer(reactor)
+    seed_demo_objects(cloud)
+    _CloudService(cloud, f"tcp:{int(options['demo-port'])}:interface=127.0.0.1").setServiceParent(top)
+    hub.setServiceParent(top)
+    _Announce(hub, config.servers[0]).setServiceParent(top)
+    return top
+
+
+class _CloudService(Service):
+    """Runs the simulated cloud of ``--demo`` for the life of the process."""
+
+    def __init__(self, cloud: Any, endpoint: str) -> None:
+        self._cloud = cloud
+        self._endpoint = endpoint
+
+    def startService(self) -> None:  # noqa: N802
+        super().startService()
+        self._cloud.start(self._endpoint)
+
+    def stopService(self) -> Any:  # noqa: N802
+        super().stopService()
+        return self._cloud.stop()

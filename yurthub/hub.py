@@ -1,0 +1,110 @@
+"""The hub listener (default 127.0.0.1:10267): health, readiness and metrics.
+
+``GET /v1/healthz`` answers 200 ``OK`` while the process serves. ``GET /v1/readyz`` answers
+200 when every readiness check holds, else 503 with one line per check saying which failed
+and why (``?verbose`` lists the passing ones too). ``GET /metrics`` is the Prometheus text
+exposition of the process's registry.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from twisted.web.resource import Resource
+from twisted.web.server import Request
+from zope.interface import implementer
+
+from yurthub.interfaces import IReadinessCheck
+from yurthub.metrics import CONTENT_TYPE_LATEST, ProxyMetrics
+from yurthub.upstream.backends import Backend
+
+
+def _plain(request: Request, code: int, text: str) -> bytes:
+    request.setResponseCode(code)
+    request.setHeader(b"content-type", b"text/plain; charset=utf-8")
+    request.setHeader(b"cache-control", b"no-store")
+    return text.encode()
+
+
+class Healthz(Resource):
+    """``/v1/healthz``: the process is alive and its reactor turns."""
+
+    isLeaf = True
+
+    def render_GET(self, request: Request) -> bytes:  # noqa: N802
+        return _plain(request, 200, "OK")
+
+
+class Readyz(Resource):
+    """``/v1/readyz``: every readiness check holds (200) or which does not (503)."""
+
+    isLeaf = True
+
+    def __init__(self, checks: Sequence[IReadinessCheck]) -> None:
+        super().__init__()
+        self.checks = list(checks)
+
+    def render_GET(self, request: Request) -> bytes:  # noqa: N802
+        results = [(check.name, *check.check()) for check in self.checks]
+        ready = all(ok for _, ok, _ in results)
+        verbose = b"verbose" in (request.args or {})
+        lines = [
+            f"[{'+' if ok else '-'}]{name} {'ok' if ok else 'failed: ' + detail}"
+            for name, ok, detail in results
+            if verbose or not ok
+        ]
+        lines.append("readyz check passed" if ready else "readyz check failed")
+        return _plain(request, 200 if ready else 503, "\n".join(lines) + "\n")
+
+
+class MetricsPage(Resource):
+    """``/metrics``: Prometheus text format."""
+
+    isLeaf = True
+
+    def __init__(self, metrics: ProxyMetrics) -> None:
+        super().__init__()
+        self._metrics = metrics
+
+    def render_GET(self, request: Request) -> bytes:  # noqa: N802
+        request.setHeader(b"content-type", CONTENT_TYPE_LATEST.encode())
+        return self._metrics.render()
+
+
+@implementer(IReadinessCheck)
+class BackendsReachable:
+    """Ready while at least one cloud backend is healthy; the detail lists them all."""
+
+    name = "cloud"
+
+    def __init__(self, backends: Sequence[Backend]) -> None:
+        self._backends = list(backends)
+
+    def check(self) -> tuple[bool, str]:
+        ok = any(b.healthy for b in self._backends)
+        states = ", ".join(f"{b.url} {'healthy' if b.healthy else 'unhealthy'}" for b in self._backends)
+        return ok, "no healthy backend: " + states if not ok else states
+
+
+@implementer(IReadinessCheck)
+class Flag:
+    """A readiness check that holds once something has happened (e.g. listeners bound)."""
+
+    def __init__(self, name: str, waiting_for: str) -> None:
+        self.name = name
+        self.ok = False
+        self._waiting_for = waiting_for
+
+    def check(self) -> tuple[bool, str]:
+        return self.ok, "" if self.ok else self._waiting_for
+
+
+def make_hub_root(metrics: ProxyMetrics, checks: Sequence[IReadinessCheck]) -> Resource:
+    """The hub listener's resource tree."""
+    root = Resource()
+    v1 = Resource()
+    root.putChild(b"v1", v1)
+    v1.putChild(b"healthz", Healthz())
+    v1.putChild(b"readyz", Readyz(checks))
+    root.putChild(b"metrics", MetricsPage(metrics))
+    return root

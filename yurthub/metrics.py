@@ -1,0 +1,64 @@
+"""Prometheus metrics of one yurthub process.
+
+All collectors live in one `CollectorRegistry` owned by a `ProxyMetrics` instance that the
+composition root creates and passes to the parts that count things, so tests can build as
+many independent yurthubs as they like (no module-level globals).
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+__all__ = ["CONTENT_TYPE_LATEST", "ProxyMetrics"]
+
+_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+
+
+class ProxyMetrics:
+    """The counters, gauges and histograms yurthub exports on the hub's ``/metrics``."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry()
+        r = self.registry
+        self.requests = Counter(
+            "yurthub_proxy_requests",
+            "Requests answered by the proxy, by client component, verb, resource and HTTP code.",
+            ["component", "verb", "resource", "code"],
+            registry=r,
+        )
+        self.in_flight = Gauge(
+            "yurthub_proxy_in_flight_requests",
+            "Requests being handled right now, by client component.",
+            ["component"],
+            registry=r,
+        )
+        self.upstream_latency = Histogram(
+            "yurthub_upstream_response_seconds",
+            "Time from sending a request upstream to its response headers, by verb.",
+            ["verb"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.bytes_proxied = Counter(
+            "yurthub_proxied_bytes",
+            "Body bytes relayed, by direction (up: client to cloud, down: cloud to client).",
+            ["direction"],
+            registry=r,
+        )
+        self.upstream_errors = Counter(
+            "yurthub_upstream_errors",
+            "Requests whose upstream failed before or during the response, by kind.",
+            ["kind"],
+            registry=r,
+        )
+        self.backend_healthy = Gauge(
+            "yurthub_backend_healthy",
+            "1 if the cloud backend is considered healthy, else 0.",
+            ["server"],
+            registry=r,
+        )
+
+    def render(self) -> bytes:
+        """The text exposition format of every metric."""
+        return generate_latest(self.registry)

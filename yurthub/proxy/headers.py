@@ -1,0 +1,66 @@
+"""Header rules shared by the relay and the upgrade splicer (RFC 9110 section 7.6.1).
+
+Hop-by-hop headers (the fixed set plus every name listed in ``Connection``) are dropped when
+a message crosses the proxy; every other header is kept with all its values, in order.
+"""
+
+from __future__ import annotations
+
+from twisted.web.http_headers import Headers
+from twisted.web.iweb import IRequest
+
+#: Connection-specific headers never forwarded (the fixed list of RFC 9110 and RFC 7230).
+HOP_BY_HOP = frozenset(
+    {
+        b"connection",
+        b"keep-alive",
+        b"proxy-connection",
+        b"proxy-authenticate",
+        b"proxy-authorization",
+        b"te",
+        b"trailer",
+        b"transfer-encoding",
+        b"upgrade",
+    }
+)
+
+
+def connection_tokens(headers: Headers) -> frozenset[bytes]:
+    """The lower-cased header names listed in ``Connection`` (they are hop-by-hop too)."""
+    values = headers.getRawHeaders(b"connection")
+    if not values:
+        return frozenset()
+    return frozenset(t.strip().lower() for v in values for t in v.split(b",") if t.strip())
+
+
+def end_to_end(headers: Headers, *, also_drop: frozenset[bytes] = frozenset()) -> Headers:
+    """A copy of ``headers`` without hop-by-hop fields and without ``also_drop``."""
+    drop = HOP_BY_HOP | connection_tokens(headers) | also_drop
+    out = Headers()
+    for name, values in headers.getAllRawHeaders():
+        if name.lower() not in drop:
+            out.setRawHeaders(name, values)
+    return out
+
+
+def has_bearer_token(headers: Headers) -> bool:
+    """True if the client authenticates itself with ``Authorization: Bearer ...``."""
+    values = headers.getRawHeaders(b"authorization")
+    return values is not None and any(v[:7].lower() == b"bearer " for v in values)
+
+
+def is_upgrade(headers: Headers) -> bool:
+    """True for a protocol-upgrade request (``Connection: Upgrade`` plus ``Upgrade``)."""
+    return b"upgrade" in connection_tokens(headers) and headers.hasHeader(b"upgrade")
+
+
+def request_target(request: IRequest) -> bytes:
+    """The origin-form target (path and query) of a request, also for absolute-form URIs."""
+    uri: bytes = request.uri  # type: ignore[attr-defined]
+    if uri.startswith(b"/"):
+        return uri
+    scheme_end = uri.find(b"://")
+    if scheme_end != -1:
+        path_start = uri.find(b"/", scheme_end + 3)
+        return uri[path_start:] if path_start != -1 else b"/"
+    return b"/" + uri

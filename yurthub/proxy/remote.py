@@ -1,0 +1,291 @@
+"""The remote proxy: relays a request to a cloud backend and streams the answer back.
+
+Built on `twisted.web.client.Agent` with a persistent `HTTPConnectionPool` (one per
+credential kind, see `BackendEndpointFactory`). The response body is relayed by
+`ResponseRelay`, which registers the upstream transport as the producer of the downstream
+request: a slow client pauses the upstream socket instead of filling memory, and every chunk
+(every watch event) is written to the client as soon as it arrives. A watch's response
+headers go out at once, before any event, as kube-apiserver sends them.
+
+Failure rules:
+- the client goes away -> the upstream request is cancelled (before headers) or its
+  connection dropped (during the body); nothing is written to the gone client;
+- the upstream fails before response headers -> the next backend is tried if nothing can
+  have reached the cloud (connection refused, DNS) or the request is idempotent; else a 502/
+  503 ``Status``;
+- the upstream fails mid-body -> the client connection is aborted, never finished, so a
+  truncated list cannot pass for a whole one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from twisted.internet import defer
+from twisted.internet.error import ConnectError, ConnectingCancelledError, DNSLookupError
+from twisted.internet.interfaces import IConsumer, IPushProducer, IReactorTime
+from twisted.internet.protocol import Protocol
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web.client import Agent, HTTPConnectionPool, ResponseDone, _HTTP11ClientFactory
+from twisted.web.http import PotentialDataLoss
+from twisted.web.iweb import UNKNOWN_LENGTH, IBodyProducer, IResponse
+from twisted.web.server import Request
+from zope.interface import implementer
+
+from yurthub.interfaces import IUpstreamSelector
+from yurthub.metrics import ProxyMetrics
+from yurthub.proxy.headers import end_to_end, has_bearer_token, request_target
+from yurthub.proxy.status import abort_client, finish_with_status
+from yurthub.requestinfo import RequestInfo
+from yurthub.upstream.backends import Backend
+from yurthub.upstream.endpoints import BackendEndpointFactory
+
+_log = Logger()
+
+#: Request headers replaced on the way up: the Agent writes Host and Content-Length itself.
+_DROP_UP = frozenset({b"host", b"content-length"})
+
+#: Verbs safe to send again to another backend after an attempt failed.
+_IDEMPOTENT = frozenset({"get", "list", "watch"})
+
+
+@implementer(IBodyProducer)
+class BytesProducer:
+    """A request body already in memory, written in one go."""
+
+    def __init__(self, body: bytes) -> None:
+        self._body = body
+        self.length = len(body)
+
+    def startProducing(self, consumer: IConsumer) -> defer.Deferred[None]:  # noqa: N802
+        consumer.write(self._body)
+        return defer.succeed(None)
+
+    def pauseProducing(self) -> None:  # noqa: N802
+        pass
+
+    def resumeProducing(self) -> None:  # noqa: N802
+        pass
+
+    def stopProducing(self) -> None:  # noqa: N802
+        pass
+
+
+class _QuietClientFactory(_HTTP11ClientFactory):
+    """The pool's connection factory, without a log line per upstream connection."""
+
+    noisy = False
+
+
+def make_pool(reactor: IReactorTime, per_host: int, idle_timeout: float) -> HTTPConnectionPool:
+    """A persistent connection pool that keeps ``per_host`` idle connections per backend
+    for ``idle_timeout`` seconds and leaves retrying to the caller."""
+    pool = HTTPConnectionPool(reactor, persistent=True)
+    pool._factory = _QuietClientFactory
+    pool.maxPersistentPerHost = per_host
+    pool.cachedConnectionTimeout = idle_timeout  # type: ignore[assignment]
+    pool.retryAutomatically = False
+    return pool
+
+
+class ResponseRelay(Protocol):
+    """Writes an upstream response body to the downstream request as it arrives.
+
+    The upstream transport (a push producer) is registered as the downstream request's
+    producer, so twisted.web pauses the upstream when the client's buffer is full.
+    """
+
+    def __init__(self, request: Request, on_bytes: Callable[[int], None]) -> None:
+        self.request = request
+        self._on_bytes = on_bytes
+        self.client_gone = False
+        self.done: defer.Deferred[None] = defer.Deferred()
+
+    def connectionMade(self) -> None:  # noqa: N802
+        producer: IPushProducer = self.transport  # type: ignore[assignment]
+        self.request.registerProducer(producer, True)
+
+    def dataReceived(self, data: bytes) -> None:  # noqa: N802
+        if self.client_gone:
+            return
+        self.request.write(data)
+        self._on_bytes(len(data))
+
+    def connectionLost(self, reason: Failure = Failure(ResponseDone())) -> None:  # noqa: N802, B008
+        if not self.client_gone:
+            self.request.unregisterProducer()
+            if reason.check(ResponseDone, PotentialDataLoss):
+                self.request.finish()
+            else:
+                _log.warn(
+                    "upstream failed mid-response for {uri}; aborting the client: {err}",
+                    uri=self.request.uri,
+                    err=reason.getErrorMessage(),
+                )
+                abort_client(self.request)
+        self.done.callback(None)
+
+    def stop(self) -> None:
+        """The client went away: drop the upstream connection and write nothing more."""
+        self.client_gone = True
+        if self.transport is not None:
+            self.transport.stopProducing()  # type: ignore[attr-defined]
+
+
+class RemoteProxy:
+    """Sends requests to the cloud backends chosen by the selector and relays the answers."""
+
+    def __init__(
+        self,
+        reactor: IReactorTime,
+        selector: IUpstreamSelector,
+        node_endpoints: BackendEndpointFactory,
+        token_endpoints: BackendEndpointFactory,
+        metrics: ProxyMetrics,
+        *,
+        max_persistent_per_host: int = 64,
+        idle_timeout: float = 90.0,
+    ) -> None:
+        self._reactor = reactor
+        self.selector = selector
+        self._metrics = metrics
+        self.pools: list[HTTPConnectionPool] = []
+        self._node_agent = self._make_agent(node_endpoints, max_persistent_per_host, idle_timeout)
+        self._token_agent = self._make_agent(token_endpoints, max_persistent_per_host, idle_timeout)
+        self._bytes_down = metrics.bytes_proxied.labels("down")
+        self._bytes_up = metrics.bytes_proxied.labels("up")
+
+    def _make_agent(self, endpoints: BackendEndpointFactory, per_host: int, idle: float) -> Agent:
+        pool = make_pool(self._reactor, per_host, idle)  # retries are ours: we know which backend is next
+        self.pools.append(pool)
+        return Agent.usingEndpointFactory(self._reactor, endpoints, pool=pool)
+
+    def close(self) -> defer.Deferred[Any]:
+        """Close every pooled upstream connection (at shutdown)."""
+        return defer.gatherResults([pool.closeCachedConnections() for pool in self.pools])
+
+    def handle(self, request: Request, info: RequestInfo, on_unavailable: Callable[[Request, RequestInfo, str], None]) -> None:
+        """Relay ``request`` to the cloud. ``on_unavailable`` answers it instead when no
+        backend can take it (the router passes the offline path or a 503)."""
+        backends = self.selector.backends_for(info)
+        if not backends:
+            on_unavailable(request, info, "no healthy cloud backend")
+            return
+        _Exchange(self, request, info, backends, on_unavailable).start()
+
+    # used by _Exchange
+    def agent_for(self, request: Request) -> Agent:
+        return self._token_agent if has_bearer_token(request.requestHeaders) else self._node_agent
+
+
+class _Exchange:
+    """One client request's trip through the remote proxy, across backend attempts."""
+
+    def __init__(
+        self,
+        proxy: RemoteProxy,
+        request: Request,
+        info: RequestInfo,
+        backends: list[Backend],
+        on_unavailable: Callable[[Request, RequestInfo, str], None],
+    ) -> None:
+        self.proxy = proxy
+        self.request = request
+        self.info = info
+        self.backends = backends
+        self.on_unavailable = on_unavailable
+        self.pending: defer.Deferred[IResponse] | None = None
+        self.relay: ResponseRelay | None = None
+        self.client_gone = False
+        self.headers = end_to_end(request.requestHeaders, also_drop=_DROP_UP)
+        content = request.content
+        body = b""
+        if content is not None:
+            content.seek(0)
+            body = content.read()
+        has_body = bool(body) or request.method in (b"POST", b"PUT", b"PATCH")
+        self.body = body if has_body else None
+        self.target = request_target(request)
+
+    def start(self) -> None:
+        self.request.notifyFinish().addErrback(self._client_went_away)
+        self.attempt(0)
+
+    def attempt(self, index: int) -> None:
+        backend = self.backends[index]
+        producer = BytesProducer(self.body) if self.body is not None else None
+        if producer is not None:
+            self.proxy._bytes_up.inc(producer.length)
+        started = self.proxy._reactor.seconds()
+        self.pending = self.proxy.agent_for(self.request).request(
+            self.request.method, backend.url_bytes + self.target, self.headers, producer
+        )
+        self.pending.addCallbacks(
+            self.got_response,
+            self.failed,
+            callbackArgs=(started,),
+            errbackArgs=(index, backend),
+        )
+
+    def got_response(self, response: IResponse, started: float) -> None:
+        self.pending = None
+        self.proxy._metrics.upstream_latency.labels(self.info.verb).observe(
+            self.proxy._reactor.seconds() - started
+        )
+        request = self.request
+        if self.client_gone:
+            response.deliverBody(_Discard())
+            return
+        request.setResponseCode(response.code, response.phrase)
+        out = request.responseHeaders
+        for name in list(dict(out.getAllRawHeaders())):
+            out.removeHeader(name)
+        for name, values in end_to_end(response.headers).getAllRawHeaders():
+            out.setRawHeaders(name, values)
+        request.defaultContentType = None  # type: ignore[assignment]
+        if self.info.is_watch or response.length is UNKNOWN_LENGTH:
+            # Streams: send the status line and headers now, before the first event.
+            request.write(b"")
+        self.relay = ResponseRelay(request, self.proxy._bytes_down.inc)
+        response.deliverBody(self.relay)
+
+    def failed(self, failure: Failure, index: int, backend: Backend) -> None:
+        self.pending = None
+        if self.client_gone or failure.check(defer.CancelledError):
+            return
+        nothing_sent = failure.check(ConnectError, DNSLookupError, ConnectingCancelledError) is not None
+        kind = "connect" if nothing_sent else "response"
+        self.proxy._metrics.upstream_errors.labels(kind).inc()
+        _log.info(
+            "{method} {uri} to {backend} failed: {err}",
+            method=self.request.method.decode("ascii", "replace"),
+            uri=self.request.uri,
+            backend=backend.url,
+            err=failure.getErrorMessage(),
+        )
+        if nothing_sent:
+            backend.set_healthy(False, f"connection failed: {failure.getErrorMessage()}")
+        retry = nothing_sent or self.info.verb in _IDEMPOTENT
+        if retry and index + 1 < len(self.backends):
+            self.attempt(index + 1)
+        elif nothing_sent and not self.proxy.selector.any_healthy():
+            self.on_unavailable(self.request, self.info, f"cloud unreachable: {failure.getErrorMessage()}")
+        else:
+            code = 503 if nothing_sent else 502
+            finish_with_status(self.request, code, f"upstream {backend.url} failed: {failure.getErrorMessage()}")
+
+    def _client_went_away(self, failure: Failure) -> None:
+        self.client_gone = True
+        if self.pending is not None:
+            self.pending.cancel()
+        if self.relay is not None:
+            self.relay.stop()
+
+
+class _Discard(Protocol):
+    """Drops the connection of a response nobody wants any more."""
+
+    def connectionMade(self) -> None:  # noqa: N802
+        self.transport.stopProducing()  # type: ignore[union-attr]

@@ -1,0 +1,91 @@
+"""Kubernetes ``Status`` error bodies, the way kube-apiserver writes them.
+
+Every error yurthub itself produces (bad request, no backend, deadline passed, too many
+requests) goes out as a ``v1 Status`` with the HTTP code in ``code`` and the matching
+``reason``, so client-go and kubectl report it the way they report the cloud's own errors.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from twisted.web.server import Request
+
+#: HTTP code -> Kubernetes StatusReason, for the codes yurthub answers itself.
+REASONS = {
+    400: "BadRequest",
+    401: "Unauthorized",
+    403: "Forbidden",
+    404: "NotFound",
+    405: "MethodNotAllowed",
+    406: "NotAcceptable",
+    409: "Conflict",
+    410: "Expired",
+    413: "RequestEntityTooLarge",
+    414: "RequestURITooLong",
+    415: "UnsupportedMediaType",
+    422: "Invalid",
+    429: "TooManyRequests",
+    431: "RequestHeaderFieldsTooLarge",
+    500: "InternalError",
+    502: "BadGateway",
+    503: "ServiceUnavailable",
+    504: "Timeout",
+}
+
+
+def status_body(code: int, message: str, reason: str | None = None, details: dict[str, Any] | None = None) -> bytes:
+    """The JSON bytes of a failure ``Status`` with this code, message and reason."""
+    status: dict[str, Any] = {
+        "kind": "Status",
+        "apiVersion": "v1",
+        "metadata": {},
+        "status": "Failure",
+        "message": message,
+        "reason": reason or REASONS.get(code, "Unknown"),
+        "code": code,
+    }
+    if details:
+        status["details"] = details
+    return json.dumps(status, separators=(",", ":")).encode()
+
+
+def write_status(request: Request, code: int, message: str, reason: str | None = None) -> bytes:
+    """Set the response code and headers for a ``Status`` and return the body to write.
+
+    The caller writes the returned bytes (a resource returns them from ``render``), so the
+    same helper serves synchronous and asynchronous answers.
+    """
+    body = status_body(code, message, reason)
+    request.setResponseCode(code)
+    request.responseHeaders.setRawHeaders(b"content-type", [b"application/json"])
+    request.responseHeaders.setRawHeaders(b"content-length", [str(len(body)).encode()])
+    request.responseHeaders.removeHeader(b"transfer-encoding")
+    return body
+
+
+def finish_with_status(request: Request, code: int, message: str, reason: str | None = None) -> None:
+    """Answer an asynchronous request with a ``Status``, unless the client is gone or
+    response headers have already been sent (then the connection is aborted instead, so a
+    client never mistakes a cut-off answer for a whole one)."""
+    if getattr(request, "_disconnected", False) or request.finished:
+        return
+    if request.startedWriting:
+        abort_client(request)
+        return
+    request.write(write_status(request, code, message, reason))
+    request.finish()
+
+
+def abort_client(request: Request) -> None:
+    """Drop the client's connection at once (used when a body cannot be completed)."""
+    channel = request.channel
+    transport = getattr(channel, "transport", None) if channel is not None else None
+    if transport is None:
+        return
+    abort = getattr(transport, "abortConnection", None)
+    if abort is not None:
+        abort()
+    else:
+        transport.loseConnection()

@@ -1,0 +1,174 @@
+"""Protocol upgrades (kubectl exec, attach, port-forward): spliced as raw bytes both ways.
+
+An ``Upgrade`` request is not relayed through the `Agent` (it cannot switch protocols).
+`UpgradeSplicer` opens a raw connection to the chosen backend (TLS and credentials as for
+any request), writes the request head and body, then takes the client's transport over from
+twisted.web and relays bytes in both directions, unchanged, until either side closes: the
+101 response, the websocket or SPDY frames, everything. Each side is the other's push
+producer, so a slow reader pauses the fast writer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from twisted.internet.interfaces import IReactorTime, ITransport
+from twisted.internet.protocol import Factory, Protocol
+from twisted.logger import Logger
+from twisted.protocols.policies import ProtocolWrapper
+from twisted.python.failure import Failure
+from twisted.web.server import Request
+
+from yurthub.interfaces import IUpstreamSelector
+from yurthub.metrics import ProxyMetrics
+from yurthub.proxy.headers import end_to_end, has_bearer_token, request_target
+from yurthub.proxy.status import finish_with_status
+from yurthub.requestinfo import RequestInfo
+from yurthub.upstream.endpoints import BackendEndpointFactory
+
+_log = Logger()
+
+
+class _Side(Protocol):
+    """One end of a splice: what arrives here is written to the peer's transport."""
+
+    def __init__(self, splice: _Splice, name: str) -> None:
+        self.splice = splice
+        self.name = name
+        self.peer: _Side | None = None
+
+    def dataReceived(self, data: bytes) -> None:  # noqa: N802
+        self.splice.count(self.name, len(data))
+        if self.peer is not None and self.peer.transport is not None:
+            self.peer.transport.write(data)
+
+    def connectionLost(self, reason: Failure | None = None) -> None:  # noqa: N802
+        self.splice.side_closed(self)
+
+
+class _Splice:
+    """The pair of sides of one upgraded connection; closes both when either closes."""
+
+    def __init__(self, metrics: ProxyMetrics, on_done: Callable[[], None]) -> None:
+        self.client = _Side(self, "up")
+        self.upstream = _Side(self, "down")
+        self.client.peer = self.upstream
+        self.upstream.peer = self.client
+        self._bytes = {
+            "up": metrics.bytes_proxied.labels("up"),
+            "down": metrics.bytes_proxied.labels("down"),
+        }
+        self._on_done: Callable[[], None] | None = on_done
+
+    def count(self, direction: str, n: int) -> None:
+        self._bytes[direction].inc(n)
+
+    def side_closed(self, side: _Side) -> None:
+        other = side.peer
+        if other is not None and other.transport is not None:
+            other.transport.loseConnection()
+        if self._on_done is not None:
+            done, self._on_done = self._on_done, None
+            done()
+
+
+def take_over_transport(request: Request, protocol: Protocol) -> ITransport:
+    """Detach ``request``'s connection from twisted.web and hand it to ``protocol``.
+
+    Bytes the HTTP channel already read past the request (and buffered while the request
+    was being handled) are delivered to ``protocol`` first.
+    """
+    channel: Any = request.channel
+    transport = channel.transport
+    channel.setTimeout(None)
+    buffered = b"".join(getattr(channel, "_dataBuffer", []))
+    channel._dataBuffer = []
+    channel.transport = None
+    transport.unregisterProducer()
+    if isinstance(transport, ProtocolWrapper):  # TLS
+        transport.wrappedProtocol = protocol
+    else:
+        transport.protocol = protocol
+    protocol.makeConnection(transport)
+    transport.resumeProducing()
+    if buffered:
+        protocol.dataReceived(buffered)
+    return transport  # type: ignore[no-any-return]
+
+
+class UpgradeSplicer:
+    """Handles ``Upgrade`` requests by splicing the client to a cloud backend."""
+
+    def __init__(
+        self,
+        reactor: IReactorTime,
+        selector: IUpstreamSelector,
+        node_endpoints: BackendEndpointFactory,
+        token_endpoints: BackendEndpointFactory,
+        metrics: ProxyMetrics,
+    ) -> None:
+        self._reactor = reactor
+        self.selector = selector
+        self._node_endpoints = node_endpoints
+        self._token_endpoints = token_endpoints
+        self._metrics = metrics
+
+    def handle(
+        self,
+        request: Request,
+        info: RequestInfo,
+        on_unavailable: Callable[[Request, RequestInfo, str], None],
+        on_done: Callable[[int], None],
+    ) -> None:
+        """Connect to the first healthy backend and splice; ``on_done(101)`` is called
+        when the spliced connection ends (twisted.web no longer sees this request)."""
+        backends = self.selector.backends_for(info)
+        if not backends:
+            on_unavailable(request, info, "no healthy cloud backend for an upgrade request")
+            return
+        backend = backends[0]
+        factory = self._token_endpoints if has_bearer_token(request.requestHeaders) else self._node_endpoints
+        endpoint = factory.endpoint_for(backend.scheme, backend.host, backend.port)
+        splice = _Splice(self._metrics, lambda: on_done(101))
+        head = _request_head(request, backend.url.split("://", 1)[1])
+        body = b""
+        if request.content is not None:
+            request.content.seek(0)
+            body = request.content.read()
+        connecting = endpoint.connect(Factory.forProtocol(lambda: splice.upstream))
+
+        def connected(_: object) -> None:
+            if getattr(request, "_disconnected", False) or request.channel is None:
+                splice.upstream.transport.loseConnection()  # type: ignore[union-attr]
+                return
+            upstream_transport = splice.upstream.transport
+            assert upstream_transport is not None
+            upstream_transport.write(head + body)
+            client_transport = take_over_transport(request, splice.client)
+            client_transport.registerProducer(upstream_transport, True)  # type: ignore[attr-defined]
+            upstream_transport.registerProducer(client_transport, True)  # type: ignore[attr-defined]
+
+        def failed(failure: Failure) -> None:
+            backend.set_healthy(False, f"connection failed: {failure.getErrorMessage()}")
+            _log.info("upgrade to {backend} failed: {err}", backend=backend.url, err=failure.getErrorMessage())
+            finish_with_status(request, 503, f"cannot reach {backend.url}: {failure.getErrorMessage()}")
+
+        connecting.addCallbacks(connected, failed)
+
+
+def _request_head(request: Request, host: str) -> bytes:
+    """The HTTP/1.1 request head to send upstream: end-to-end headers, the upgrade pair,
+    the backend's Host and the body length."""
+    headers = end_to_end(request.requestHeaders, also_drop=frozenset({b"host", b"content-length"}))
+    lines = [request.method + b" " + request_target(request) + b" HTTP/1.1", b"Host: " + host.encode("ascii")]
+    for name, values in headers.getAllRawHeaders():
+        lines.extend(name + b": " + value for value in values)
+    lines.append(b"Connection: Upgrade")
+    lines.extend(b"Upgrade: " + v for v in request.requestHeaders.getRawHeaders(b"upgrade", []))
+    if request.content is not None:
+        request.content.seek(0, 2)
+        length = request.content.tell()
+        if length or request.method in (b"POST", b"PUT", b"PATCH"):
+            lines.append(b"Content-Length: " + str(length).encode())
+    return b"\r\n".join(lines) + b"\r\n\r\n"

@@ -1,0 +1,172 @@
+"""The composition root: every part of yurthub built from a `Config` and wired together.
+
+`YurtHub` is the `MultiService` that ``twistd yurthub`` runs and that integration tests
+start directly. It is the only place where parts meet: each part gets its collaborators
+(reactor, metrics, selector, credentials) passed in here, so tests can build a yurthub on
+a port-0 listener, or build any part alone with fakes.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.application.service import MultiService, Service
+from twisted.internet import defer, ssl
+from twisted.internet.endpoints import serverFromString
+from twisted.internet.interfaces import IListeningPort, IProtocolFactory, IReactorCore
+from twisted.logger import Logger
+from twisted.protocols.tls import TLSMemoryBIOFactory
+from twisted.web.server import Site
+
+from yurthub.config import Config, describe
+from yurthub.hub import BackendsReachable, Flag, make_hub_root
+from yurthub.interfaces import ICredentialSource
+from yurthub.metrics import ProxyMetrics
+from yurthub.proxy.remote import RemoteProxy
+from yurthub.proxy.root import ProxyRoot, ProxySite, make_site
+from yurthub.proxy.upgrade import UpgradeSplicer
+from yurthub.upstream.backends import Backend, make_selector
+from yurthub.upstream.endpoints import BackendEndpointFactory
+from yurthub.upstream.health import HealthChecker
+from yurthub.upstream.tls import FileCredentials
+
+_log = Logger()
+
+
+class Listener(Service):
+    """Listens on a Twisted endpoint string with a protocol factory while running.
+
+    A listener that cannot bind (port taken, permission) logs one line naming its config
+    key and stops the reactor, so the process does not run half-deaf.
+    """
+
+    def __init__(self, reactor: Any, key: str, description: str, factory: IProtocolFactory) -> None:
+        self._reactor = reactor
+        self.key = key
+        self.description = description
+        self.factory = factory
+        self.port: IListeningPort | None = None
+        self.listening: defer.Deferred[IListeningPort] = defer.Deferred()
+
+    def startService(self) -> None:  # noqa: N802
+        super().startService()
+        endpoint = serverFromString(self._reactor, self.description)
+        d = endpoint.listen(self.factory)
+        d.addCallbacks(self._bound, self._failed)
+
+    def _bound(self, port: IListeningPort) -> None:
+        self.port = port
+        address = port.getHost()
+        _log.info("{key} listening on {host}:{port}", key=self.key, host=address.host, port=address.port)  # type: ignore[attr-defined]
+        self.listening.callback(port)
+
+    def _failed(self, failure: Any) -> None:
+        _log.critical("cannot listen on {key} ({desc}): {err}", key=self.key, desc=self.description, err=failure.getErrorMessage())
+        self.listening.errback(failure)
+        self.listening.addErrback(lambda _: None)
+        if IReactorCore.providedBy(self._reactor) and self._reactor.running:
+            self._reactor.stop()
+
+    def stopService(self) -> defer.Deferred[None] | None:  # noqa: N802
+        super().stopService()
+        if self.port is not None:
+            port, self.port = self.port, None
+            return defer.maybeDeferred(port.stopListening)  # type: ignore[call-overload, no-any-return]
+        return None
+
+    @property
+    def bound_port(self) -> int:
+        """The TCP port actually bound (useful with port 0)."""
+        assert self.port is not None, f"{self.key} is not listening"
+        return self.port.getHost().port  # type: ignore[attr-defined, no-any-return]
+
+
+def serving_tls_factory(cert_file: str, key_file: str, site: Site) -> TLSMemoryBIOFactory:
+    """TLS (1.2 or later, HTTP/2 by ALPN) around a site, with the given serving cert."""
+    with open(cert_file, "rb") as f:
+        cert_pem = f.read()
+    with open(key_file, "rb") as f:
+        key_pem = f.read()
+    certificate = ssl.PrivateCertificate.loadPEM(cert_pem + b"\n" + key_pem)
+    options = ssl.CertificateOptions(
+        privateKey=certificate.privateKey.original,
+        certificate=certificate.original,
+        raiseMinimumTo=ssl.TLSVersion.TLSv1_2,
+        acceptableProtocols=[b"h2", b"http/1.1"],
+    )
+    return TLSMemoryBIOFactory(options, False, site)
+
+
+class YurtHub(MultiService):
+    """One yurthub: proxy listeners, hub listener, remote proxy and health checker."""
+
+    def __init__(self, config: Config, reactor: Any, *, credentials: ICredentialSource | None = None) -> None:
+        super().__init__()
+        self.config = config
+        self.reactor = reactor
+        self.metrics = ProxyMetrics()
+        self.backends = [Backend(url) for url in config.servers]
+        self.selector = make_selector(config.load_balancing, self.backends)
+        certs = config.certificates
+        self.credentials = credentials or FileCredentials.from_files(certs.ca_file, certs.cert_file, certs.key_file)
+        node_endpoints = BackendEndpointFactory(reactor, self.credentials, with_client_certificate=True)
+        token_endpoints = BackendEndpointFactory(reactor, self.credentials, with_client_certificate=False)
+        self.remote = RemoteProxy(reactor, self.selector, node_endpoints, token_endpoints, self.metrics)
+        self.upgrades = UpgradeSplicer(reactor, self.selector, node_endpoints, token_endpoints, self.metrics)
+        self.health = HealthChecker(reactor, self.backends, node_endpoints, config.health_check, self.metrics)
+        self.root = ProxyRoot(self.remote, self.upgrades, self.metrics)
+        self.listening = Flag("listeners", "proxy listener not bound yet")
+        self.checks = [self.listening, BackendsReachable(self.backends)]
+        self.proxy_site: ProxySite = make_site(self.root)
+        self.listeners: dict[str, Listener] = {}
+        listen = config.listen
+        if listen.proxy:
+            self._listen("listen.proxy", listen.proxy, self.proxy_site)
+        if listen.secure_proxy:
+            if certs.serving_cert_file:
+                factory = serving_tls_factory(certs.serving_cert_file, certs.serving_key_file, self.proxy_site)
+                self._listen("listen.secureProxy", listen.secure_proxy, factory)
+            else:
+                _log.warn(
+                    "listen.secureProxy is off: no serving certificate "
+                    "(set certificates.servingCertFile and servingKeyFile)"
+                )
+        if listen.hub:
+            hub_site = make_site(make_hub_root(self.metrics, self.checks))
+            self._listen("listen.hub", listen.hub, hub_site)
+
+    def _listen(self, key: str, description: str, factory: IProtocolFactory) -> None:
+        listener = Listener(self.reactor, key, description, factory)
+        listener.setServiceParent(self)
+        self.listeners[key] = listener
+
+    def port_of(self, key: str) -> int:
+        """The bound port of ``listen.proxy``, ``listen.secureProxy`` or ``listen.hub``."""
+        return self.listeners[key].bound_port
+
+    def startService(self) -> None:  # noqa: N802
+        for warning in describe(self.config):
+            _log.warn("{warning}", warning=warning)
+        super().startService()
+        proxy = self.listeners.get("listen.proxy") or self.listeners.get("listen.secureProxy")
+        if proxy is not None:
+            proxy.listening.addCallback(lambda _: setattr(self.listening, "ok", True))
+        else:
+            self.listening.ok = True
+        self.health.start()
+        _log.info(
+            "yurthub for node {node} proxying to {servers} ({mode})",
+            node=self.config.node_name,
+            servers=", ".join(self.config.servers),
+            mode=self.config.load_balancing,
+        )
+
+    @defer.inlineCallbacks
+    def stopService(self):  # type: ignore[no-untyped-def]  # noqa: N802
+        yield defer.maybeDeferred(super().stopService)
+        yield self.health.stop()
+        yield self.remote.close()
+
+    def started(self) -> defer.Deferred[Any]:
+        """Fires when every listener is bound (errbacks if one cannot bind)."""
+        return defer.gatherResults([listener.listening for listener in self.listeners.values()], consumeErrors=True)

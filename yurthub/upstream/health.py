@@ -1,0 +1,108 @@
+"""Active health checks of the cloud backends.
+
+`HealthChecker` runs one `LoopingCall` per backend. Each round GETs ``/readyz`` (``/healthz``
+when the server answers 404) with the node's credentials and a timeout; ``unhealthyThreshold``
+consecutive failures mark the backend unhealthy and ``healthyThreshold`` consecutive
+successes mark it healthy again. A probe that raises is logged and the loop goes on: the
+Deferred each round returns never fails, because a failed `LoopingCall` stops for good.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from twisted.internet import defer
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+from twisted.web.client import Agent, readBody
+from twisted.web.http_headers import Headers
+
+from yurthub.config import HealthCheckConfig
+from yurthub.metrics import ProxyMetrics
+from yurthub.proxy.remote import make_pool
+from yurthub.upstream.backends import Backend
+from yurthub.upstream.endpoints import BackendEndpointFactory
+
+_log = Logger()
+
+
+class HealthChecker:
+    """Probes every backend on a schedule and flips its health flag."""
+
+    def __init__(
+        self,
+        reactor: IReactorTime,
+        backends: Sequence[Backend],
+        endpoints: BackendEndpointFactory,
+        settings: HealthCheckConfig,
+        metrics: ProxyMetrics,
+    ) -> None:
+        self._reactor = reactor
+        self.backends = list(backends)
+        self._settings = settings
+        self._metrics = metrics
+        self._pool = make_pool(reactor, 1, 2 * settings.interval_seconds)
+        self._agent = Agent.usingEndpointFactory(reactor, endpoints, pool=self._pool)
+        self._loops: list[LoopingCall] = []
+        self._streak: dict[Backend, int] = dict.fromkeys(self.backends, 0)
+        self.last_error: dict[Backend, str] = {}
+        for backend in self.backends:
+            metrics.backend_healthy.labels(backend.url).set(1 if backend.healthy else 0)
+
+    def start(self) -> None:
+        """Probe each backend now and then every ``intervalSeconds``."""
+        for backend in self.backends:
+            loop = LoopingCall(self.probe, backend)
+            loop.clock = self._reactor
+            self._loops.append(loop)
+            loop.start(self._settings.interval_seconds, now=True)
+
+    def stop(self) -> defer.Deferred[object]:
+        """Stop probing and close the probe connections."""
+        for loop in self._loops:
+            if loop.running:
+                loop.stop()
+        self._loops = []
+        return self._pool.closeCachedConnections()
+
+    @defer.inlineCallbacks
+    def probe(self, backend: Backend):  # type: ignore[no-untyped-def]
+        """One round for one backend; never fails (the loop must survive)."""
+        try:
+            ok, detail = yield self._ask(backend, b"/readyz")
+            if not ok and detail == "HTTP 404":
+                ok, detail = yield self._ask(backend, b"/healthz")
+        except Exception as e:  # a bug in a probe must not stop the loop
+            _log.failure("health probe of {url} raised", url=backend.url)
+            ok, detail = False, f"probe error: {e}"
+        self._record(backend, ok, detail)
+
+    @defer.inlineCallbacks
+    def _ask(self, backend: Backend, path: bytes):  # type: ignore[no-untyped-def]
+        timeout = self._settings.timeout_seconds
+        d = self._agent.request(b"GET", backend.url_bytes + path, Headers({b"user-agent": [b"yurthub/health"]}))
+        d.addCallback(lambda response: readBody(response).addCallback(lambda _: response.code))
+        d.addTimeout(timeout, self._reactor)  # type: ignore[arg-type]
+        try:
+            code = yield d
+        except defer.TimeoutError:
+            return False, f"no answer within {timeout:g}s"
+        except Exception as e:
+            return False, str(e) or e.__class__.__name__
+        return (200 <= code < 300), f"HTTP {code}"
+
+    def _record(self, backend: Backend, ok: bool, detail: str) -> None:
+        streak = self._streak.get(backend, 0)
+        if ok:
+            self.last_error.pop(backend, None)
+            streak = streak + 1 if streak > 0 else 1
+            if not backend.healthy and streak >= self._settings.healthy_threshold:
+                backend.set_healthy(True, "health probe succeeded")
+        else:
+            self.last_error[backend] = detail
+            streak = streak - 1 if streak < 0 else -1
+            if backend.healthy and -streak >= self._settings.unhealthy_threshold:
+                backend.set_healthy(False, f"health probe failed: {detail}")
+        self._streak[backend] = streak
+        self._metrics.backend_healthy.labels(backend.url).set(1 if backend.healthy else 0)
