@@ -12,8 +12,8 @@ from __future__ import annotations
 from typing import Protocol as TypingProtocol
 
 from twisted.logger import Logger
-from twisted.web.resource import Resource
 from twisted.web import http
+from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
 
 from yurthub.metrics import ProxyMetrics
