@@ -146,7 +146,7 @@ class YurtHub(MultiService):
 
     def startService(self) -> None:  # noqa: N802
         for warning in describe(self.config):
-            _log.warn("{warning}", warning=warning)
+            _log.warn("{text}", text=warning)
         super().startService()
         proxy = self.listeners.get("listen.proxy") or self.listeners.get("listen.secureProxy")
         if proxy is not None:
