@@ -143,8 +143,14 @@ class Config:
         return tuple(s for s in self.servers if s.startswith("http://"))
 
 
+#: YAML spellings that do not follow from plain camel-casing.
+_SPELLINGS = {"unsafe_skip_ca_verification": "unsafeSkipCAVerification"}
+
+
 def camel(name: str) -> str:
     """The YAML spelling of a dataclass field name (``node_name`` -> ``nodeName``)."""
+    if name in _SPELLINGS:
+        return _SPELLINGS[name]
     head, *rest = name.split("_")
     return head + "".join(part.capitalize() for part in rest)
 
@@ -375,13 +381,10 @@ def parse_config(data: object, source: str = "<config>") -> Config:
             values["nodeName"] = _node_name(socket.gethostname().lower())
         except _Bad as e:
             raise ConfigError(source, "nodeName", f"not set and the host name is unusable: {e}") from None
-    config = Config(**{_field_for(k): v for k, v in values.items()})
+    by_yaml = {camel(f.name): f.name for f in fields(Config)}
+    config = Config(**{by_yaml[k]: v for k, v in values.items()})
     _check_consistency(config, source)
     return config
-
-
-def _field_for(yaml_key: str) -> str:
-    return re.sub(r"([A-Z])", lambda m: "_" + m.group(1).lower(), yaml_key)
 
 
 def _check_consistency(config: Config, source: str) -> None:
