@@ -45,6 +45,7 @@ class HealthChecker:
         self._pool = make_pool(reactor, 1, 2 * settings.interval_seconds)
         self._agent = Agent.usingEndpointFactory(reactor, endpoints, pool=self._pool)
         self._loops: list[LoopingCall] = []
+        self._pending: set[defer.Deferred[int]] = set()
         self._streak: dict[Backend, int] = dict.fromkeys(self.backends, 0)
         self.last_error: dict[Backend, str] = {}
         for backend in self.backends:
@@ -64,6 +65,8 @@ class HealthChecker:
             if loop.running:
                 loop.stop()
         self._loops = []
+        for d in list(self._pending):
+            d.cancel()
         return self._pool.closeCachedConnections()
 
     @defer.inlineCallbacks
@@ -83,13 +86,18 @@ class HealthChecker:
         timeout = self._settings.timeout_seconds
         d = self._agent.request(b"GET", backend.url_bytes + path, Headers({b"user-agent": [b"yurthub/health"]}))
         d.addCallback(lambda response: readBody(response).addCallback(lambda _: response.code))
-        d.addTimeout(timeout, self._reactor)  # type: ignore[arg-type]
+        timer = self._reactor.callLater(timeout, d.cancel)
+        self._pending.add(d)
         try:
             code = yield d
-        except defer.TimeoutError:
-            return False, f"no answer within {timeout:g}s"
         except Exception as e:
-            return False, str(e) or e.__class__.__name__
+            if not timer.active():
+                return False, f"no answer within {timeout:g}s"
+            return False, _describe(e)
+        finally:
+            self._pending.discard(d)
+            if timer.active():
+                timer.cancel()
         return (200 <= code < 300), f"HTTP {code}"
 
     def _record(self, backend: Backend, ok: bool, detail: str) -> None:
@@ -106,3 +114,11 @@ class HealthChecker:
                 backend.set_healthy(False, f"health probe failed: {detail}")
         self._streak[backend] = streak
         self._metrics.backend_healthy.labels(backend.url).set(1 if backend.healthy else 0)
+
+
+def _describe(error: Exception) -> str:
+    """A one-line reason for a failed probe (unwrapping the Agent's failure lists)."""
+    reasons = getattr(error, "reasons", None)
+    if reasons:
+        return "; ".join(r.getErrorMessage() for r in reasons)
+    return str(error) or error.__class__.__name__
