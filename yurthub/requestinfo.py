@@ -36,11 +36,20 @@ _METHOD_VERBS = {
     "DELETE": "delete",
 }
 _VERBS_WITH_SELECTORS = frozenset({"list", "watch", "deletecollection"})
+# The query parameters request info depends on; others are not decoded.
+_LIST_OPTION_KEYS = frozenset(
+    {"watch", "limit", "timeoutSeconds", "fieldSelector", "labelSelector"}
+)
+_FOLLOW_KEY = frozenset({"follow"})
 
 _LONG_RUNNING_VERBS = frozenset({"watch", "proxy"})
 _LONG_RUNNING_SUBRESOURCES = frozenset({"exec", "attach", "portforward", "proxy"})
 
-_HEX_DIGITS = frozenset("0123456789abcdefABCDEF")
+_HEX_BYTES = {
+    high + low: bytes((int(high + low, 16),))
+    for high in "0123456789abcdefABCDEF"
+    for low in "0123456789abcdefABCDEF"
+}
 _INT64_MAX = 2**63 - 1
 _INT64_MIN = -(2**63)
 
@@ -97,7 +106,7 @@ class RequestInfo:
         if self.subresource in _LONG_RUNNING_SUBRESOURCES:
             return True
         if self.subresource == "log":
-            return _query_bool(_parse_query(self.query).get("follow"))
+            return _query_bool(_parse_query(self.query, _FOLLOW_KEY).get("follow"))
         return False
 
     @property
@@ -118,7 +127,7 @@ class RequestInfo:
         space, pairs with ``;`` or a bad escape are dropped), which is what kube-apiserver
         sees.
         """
-        return _parse_query(self.query).get(key)
+        return _parse_query(self.query, frozenset((key,))).get(key)
 
 
 def component_from_user_agent(user_agent: str | bytes | None) -> str:
@@ -194,13 +203,13 @@ def parse_request_info(
     label_selector = ""
     params: dict[str, str] | None = None
     if not name and verb == "get":
-        params = _parse_query(query)
+        params = _parse_query(query, _LIST_OPTION_KEYS)
         verb, name = _list_or_watch(params)
     if not name and verb == "delete":
         verb = "deletecollection"
     if not verb_via_path and verb in _VERBS_WITH_SELECTORS:
         if params is None:
-            params = _parse_query(query)
+            params = _parse_query(query, _LIST_OPTION_KEYS)
         field_selector = params.get("fieldSelector", "")
         label_selector = params.get("labelSelector", "")
 
@@ -304,8 +313,11 @@ def _origin_path_bytes(raw: bytes) -> bytes:
     return raw[slash:] if slash >= 0 else b""
 
 
-def _parse_query(query: str) -> dict[str, str]:
-    """First value per key of a raw query string, decoded as Go's ``url.ParseQuery`` does."""
+def _parse_query(query: str, wanted: frozenset[str] | None = None) -> dict[str, str]:
+    """First value per key of a raw query string, decoded as Go's ``url.ParseQuery`` does.
+
+    With *wanted*, other keys are skipped without decoding their values.
+    """
     values: dict[str, str] = {}
     if not query:
         return values
@@ -313,12 +325,16 @@ def _parse_query(query: str) -> dict[str, str]:
         if not pair or ";" in pair:
             continue
         raw_key, _, raw_value = pair.partition("=")
-        key = _query_unescape(raw_key)
-        if key is None or key in values:
+        # Most keys and values need no decoding; skip the call for them.
+        key = _query_unescape(raw_key) if "%" in raw_key or "+" in raw_key else raw_key
+        if key is None or key in values or (wanted is not None and key not in wanted):
             continue
-        value = _query_unescape(raw_value)
-        if value is None:
-            continue
+        if "%" in raw_value or "+" in raw_value:
+            value = _query_unescape(raw_value)
+            if value is None:
+                continue
+        else:
+            value = raw_value
         values[key] = value
     return values
 
@@ -329,13 +345,21 @@ def _query_unescape(text: str) -> str | None:
         text = text.replace("+", " ")
     if "%" not in text:
         return text
-    at = text.find("%")
-    end = len(text)
-    while at != -1:
-        if at + 2 >= end or text[at + 1] not in _HEX_DIGITS or text[at + 2] not in _HEX_DIGITS:
+    pieces = text.split("%")
+    if not text.isascii():
+        for piece in pieces[1:]:
+            if piece[:2] not in _HEX_BYTES:
+                return None
+        return unquote(text, errors="replace")
+    # urllib's unquote costs microseconds; escapes in selectors are on the hot path.
+    out = [pieces[0].encode("ascii")]
+    for piece in pieces[1:]:
+        byte = _HEX_BYTES.get(piece[:2])
+        if byte is None:
             return None
-        at = text.find("%", at + 3)
-    return unquote(text, errors="replace")
+        out.append(byte)
+        out.append(piece[2:].encode("ascii"))
+    return b"".join(out).decode("utf-8", "replace")
 
 
 def _query_bool(value: str | None) -> bool:
