@@ -18,7 +18,7 @@ from twisted.web.client import ResponseFailed
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
-from tests.support import fetch, listen_site, make_agent, raw_connect, sleep, start_hub
+from tests.support import fetch, listen_site, raw_connect, sleep, start_hub
 
 
 class Upstream(Resource):
