@@ -338,3 +338,37 @@ class UpgradeTests(TestCase):
         await sleep(0.1)
         text = hub.metrics.render().decode()
         self.assertIn('code="101"', text)
+
+
+class SecureListenerTests(TestCase):
+    """The HTTPS listener serves with the configured certificate, over HTTP/1.1 and h2."""
+
+    async def test_https_and_http2_reach_the_upstream(self) -> None:
+        import os
+
+        from twisted.internet import utils
+
+        from yurthub.testing.pki import TestPKI
+
+        pki = TestPKI()
+        cert, key = pki.issue_server(hosts=["127.0.0.1", "localhost"])
+        directory = os.path.abspath(self.mktemp())
+        os.makedirs(directory)
+        files = pki.write_files(directory, name="serving", cert_pem=cert, key_pem=key)
+        upstream = Upstream()
+        port = await listen_site(self, upstream)
+        hub = await start_hub(
+            self,
+            [f"http://127.0.0.1:{port}"],
+            listen={"proxy": "", "secureProxy": "tcp:0:interface=127.0.0.1", "hub": ""},
+            certificates={"servingCertFile": files["cert"], "servingKeyFile": files["key"]},
+        )
+        url = f"https://localhost:{hub.port_of('listen.secureProxy')}/api/v1/namespaces/default/pods"
+        for flag, version in (("--http1.1", b"HTTP/1.1 200"), ("--http2", b"HTTP/2 200")):
+            out, err, code = await utils.getProcessOutputAndValue(
+                "/usr/bin/curl", ["-sS", "-i", flag, "--cacert", files["ca"], url], reactor=reactor
+            )
+            self.assertEqual(code, 0, err)
+            self.assertTrue(out.startswith(version), out[:80])
+            self.assertIn(b'"path": "/api/v1/namespaces/default/pods"', out)
+        self.assertEqual(len(upstream.seen), 2)
