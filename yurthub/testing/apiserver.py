@@ -179,7 +179,8 @@ class SimulatedAPIServer:
     ``bookmark_interval`` is the period of watch BOOKMARK events, ``log_interval`` that
     of lines in followed logs; ``history_limit`` bounds each resource's watch history.
     With ``require_namespaces`` a create into a missing namespace is 404, as in a real
-    cluster (off by default so tests need not create namespaces first).
+    cluster (off by default so tests need not create namespaces first). ``http2`` lets TLS
+    clients negotiate h2 (exec and raw upgrades then need HTTP/1.1 connections).
     """
 
     def __init__(
@@ -194,6 +195,7 @@ class SimulatedAPIServer:
         history_limit: int = 1000,
         require_namespaces: bool = False,
         resource_types: Iterable[ResourceType] = DEFAULT_RESOURCE_TYPES,
+        http2: bool = False,
     ) -> None:
         self._reactor = reactor
         self.store = ObjectStore(reactor, resource_types, history_limit=history_limit)
@@ -208,7 +210,8 @@ class SimulatedAPIServer:
         self.server_cert_pem: bytes | None = None
         self._resource = _APIResource(self)
         self._site = _QuietSite(self._resource, reactor=reactor)
-        self._connections = ConnectionTrackingFactory(self._site)
+        self._connections = ConnectionTrackingFactory(
+            self._site, (b"h2", b"http/1.1") if http2 else (b"http/1.1",))
         self._connections.noisy = False
         self._listen_factory: Any = self._connections
         if tls is not None:

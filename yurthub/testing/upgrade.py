@@ -9,14 +9,16 @@ exec websockets and raw ``Upgrade`` streams leave twisted.web behind.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, cast
 
 from twisted.internet import defer
-from twisted.internet.interfaces import IProtocol, ITransport
+from twisted.internet.interfaces import IProtocol, IProtocolNegotiationFactory, ITransport
 from twisted.internet.protocol import Protocol, connectionDone
 from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
 from twisted.python.failure import Failure
 from twisted.web.server import Request
+from zope.interface import implementer
 
 __all__ = [
     "ConnectionTrackingFactory",
@@ -55,14 +57,25 @@ class SwitchableProtocol(ProtocolWrapper):
             transport.loseConnection()
 
 
+@implementer(IProtocolNegotiationFactory)
 class ConnectionTrackingFactory(WrappingFactory):
-    """Wraps a factory; knows its open connections and can abort them all."""
+    """Wraps a factory; knows its open connections and can abort them all.
+
+    Under TLS it answers ALPN itself (``protocols``, HTTP/1.1 only by default): Twisted
+    asks the factory right under the TLS layer, and a factory with no answer makes the
+    handshake fail for every client that offers ALPN, as Go clients do.
+    """
 
     protocol = SwitchableProtocol
 
-    def __init__(self, wrapped_factory: Any) -> None:
+    def __init__(self, wrapped_factory: Any, protocols: Sequence[bytes] = (b"http/1.1",)) -> None:
         super().__init__(wrapped_factory)
+        self.protocols_offered = list(protocols)
         self._idle_waiters: list[defer.Deferred[None]] = []
+
+    def acceptableProtocols(self) -> list[bytes]:
+        """The ALPN protocols offered to TLS clients, most preferred first."""
+        return list(self.protocols_offered)
 
     @property
     def connections(self) -> list[SwitchableProtocol]:
