@@ -118,6 +118,7 @@ class YurtHub(MultiService):
         self.listening = Flag("listeners", "proxy listener not bound yet")
         self.checks = [self.listening, BackendsReachable(self.backends)]
         self.proxy_site: ProxySite = make_site(self.root)
+        self.sites = [self.proxy_site]
         self.listeners: dict[str, Listener] = {}
         listen = config.listen
         if listen.proxy:
@@ -133,6 +134,7 @@ class YurtHub(MultiService):
                 )
         if listen.hub:
             hub_site = make_site(make_hub_root(self.metrics, self.checks))
+            self.sites.append(hub_site)
             self._listen("listen.hub", listen.hub, hub_site)
 
     def _listen(self, key: str, description: str, factory: IProtocolFactory) -> None:
@@ -164,6 +166,8 @@ class YurtHub(MultiService):
     @defer.inlineCallbacks
     def stopService(self):  # type: ignore[no-untyped-def]  # noqa: N802
         yield defer.maybeDeferred(super().stopService)
+        for site in self.sites:
+            site.close_connections()
         yield self.health.stop()
         yield self.remote.close()
 

@@ -48,13 +48,6 @@ class KubectlReadTests(TestCase):
         users = {r.user for r in cloud.server.requests if r.path.startswith("/api/v1/nodes")}
         self.assertEqual(users, {"system:node:edge-1"})
 
-    async def test_bearer_token_goes_up_as_it_came(self) -> None:
-        cloud = await start_cloud(self)
-        out, err, code = await cloud.kubectl("--token", "pod-sa-token", "get", "pods", "-n", "default")
-        self.assertEqual(code, 0, err)
-        users = {r.user for r in cloud.server.requests if r.path.startswith("/api/v1/namespaces/default/pods")}
-        self.assertEqual(users, {"token:pod-sa-token"})
-
 
 class KubectlWriteTests(TestCase):
     """create, patch and delete through yurthub change the cloud."""
@@ -138,7 +131,7 @@ class KubectlStreamTests(TestCase):
         cloud = await start_cloud(self)
         collector = LineCollector()
         env = {"HOME": cloud.home, "KUBECONFIG": cloud.kubeconfig, "PATH": os.environ.get("PATH", "/usr/bin")}
-        argv = [KUBECTL, *cloud.kubectl_args(True), "get", "pods", "-n", "default", "--watch", "--output-watch-events", "-o", "name"]
+        argv = [KUBECTL, *cloud.kubectl_args(True), "get", "pods", "-n", "default", "--watch", "-o", "name"]
         process = reactor.spawnProcess(collector, KUBECTL, argv, env=env)  # type: ignore[attr-defined]
 
         def stop() -> defer.Deferred[None]:
@@ -147,7 +140,10 @@ class KubectlStreamTests(TestCase):
             return collector.ended
 
         self.addCleanup(stop)
-        await collector.seen(b"ADDED", timeout=20)  # the initial list arrived: the watch is open
+        try:
+            await collector.seen(b"pod/web-1", timeout=20)  # the initial list arrived: the watch is open
+        except defer.TimeoutError:
+            self.fail(f"no initial events from kubectl: {collector.out!r} {collector.err!r}")
         await sleep(0.5)
         created_at = time.monotonic()
         cloud.server.create(
@@ -169,5 +165,4 @@ class KubectlStreamTests(TestCase):
         self.assertEqual(via_hub, b"hello edge\n")
         self.assertEqual(via_hub, direct)
         text = cloud.hub.metrics.render().decode()
-        self.assertIn('resource="pods",verb="create"', text)
-        self.assertIn('code="101"', text)
+        self.assertIn('yurthub_proxy_requests_total{code="101",component="kubectl",resource="pods"', text)

@@ -21,11 +21,15 @@ from tests.support import sleep
 T = TypeVar("T")
 
 
-def api(cloud: Cloud, via_hub: bool) -> client.CoreV1Api:
-    """A CoreV1Api pointed at yurthub (no credentials) or at the cloud as the node."""
+def api(cloud: Cloud, via_hub: bool, token: str = "") -> client.CoreV1Api:
+    """A CoreV1Api pointed at yurthub (no credentials, or a bearer token) or at the cloud
+    as the node."""
     configuration = client.Configuration()
     if via_hub:
         configuration.host = cloud.proxy_url
+        if token:
+            configuration.api_key = {"authorization": token}
+            configuration.api_key_prefix = {"authorization": "Bearer"}
     else:
         configuration.host = cloud.server.url
         configuration.ssl_ca_cert = cloud.files["ca"]
@@ -61,6 +65,17 @@ class PythonClientTests(TestCase):
         pods = await in_thread(hub.list_namespaced_pod, "default", label_selector="app=web")
         self.assertTrue(pods.items)
         self.assertTrue(all(p.metadata.labels["app"] == "web" for p in pods.items))
+
+    async def test_bearer_token_goes_up_as_it_came(self) -> None:
+        cloud = await start_cloud(self)
+        with_token, without = api(cloud, True, token="pod-sa-token"), api(cloud, True)
+        self.addCleanup(with_token.api_client.close)
+        self.addCleanup(without.api_client.close)
+        await in_thread(with_token.list_namespaced_pod, "default")
+        await in_thread(without.list_namespaced_service, "default")
+        users = {r.path.split("?")[0]: r.user for r in cloud.server.requests}
+        self.assertEqual(users["/api/v1/namespaces/default/pods"], "token:pod-sa-token")
+        self.assertEqual(users["/api/v1/namespaces/default/services"], "system:node:edge-1")
 
     async def test_create_patch_delete_and_errors(self) -> None:
         cloud = await start_cloud(self)

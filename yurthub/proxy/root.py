@@ -9,9 +9,11 @@ a cloud backend is healthy. When none is, ``unavailable`` answers; today that is
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
 from typing import Protocol as TypingProtocol
 
-from twisted.logger import Logger
+from twisted.logger import Logger, LogLevel
 from twisted.web import http
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
@@ -95,14 +97,55 @@ class ProxyRoot(Resource):
 
 
 class ProxySite(Site):
-    """A `Site` that does not log every request (metrics count them) and never shows a
-    traceback to a client."""
+    """A `Site` that does not log every request (metrics count them), never shows a
+    traceback to a client, and knows its open connections so it can close them."""
 
     displayTracebacks = False
     noisy = False
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.open_connections: set[Any] = set()
+        self.spliced: set[Any] = set()
+
     def log(self, request: http.Request) -> None:
         pass
+
+    def buildProtocol(self, addr: Any) -> Any:  # noqa: N802
+        protocol = super().buildProtocol(addr)
+        if protocol is None:
+            return None
+        self.open_connections.add(protocol)
+        lost = protocol.connectionLost
+
+        def connection_lost(reason: Any) -> None:
+            self.open_connections.discard(protocol)
+            lost(reason)
+
+        protocol.connectionLost = connection_lost
+        return protocol
+
+    def detach(self, channel: Any, transport: Any) -> Callable[[], None]:
+        """A connection leaves twisted.web (an upgrade splice takes it over); it is still
+        closed at shutdown. Returns what to call when the splice ends."""
+        for protocol in list(self.open_connections):
+            if protocol._channel is channel:
+                self.open_connections.discard(protocol)
+        self.spliced.add(transport)
+        return lambda: self.spliced.discard(transport)
+
+    def close_connections(self) -> None:
+        """Drop every open client connection, spliced ones included (at shutdown)."""
+        transports = [p._channel.transport for p in self.open_connections] + list(self.spliced)
+        for transport in transports:
+            if transport is None or getattr(transport, "disconnected", False):
+                continue
+            try:
+                transport.abortConnection()
+            except Exception:  # already half torn down (e.g. TLS shut down by the peer)
+                _log.failure("closing a client connection at shutdown failed", level=LogLevel.debug)
+        self.open_connections.clear()
+        self.spliced.clear()
 
 
 def make_site(root: Resource, *, timeout: float | None = 60 * 60) -> ProxySite:

@@ -81,6 +81,16 @@ def take_over_transport(request: Request, protocol: Protocol) -> ITransport:
     """
     channel: Any = request.channel
     transport = channel.transport
+    detach = getattr(channel.site, "detach", None)
+    if detach is not None:
+        forget = detach(channel, transport)
+        lost = protocol.connectionLost
+
+        def connection_lost(reason: Any = None) -> None:
+            forget()
+            lost(reason)
+
+        protocol.connectionLost = connection_lost  # type: ignore[method-assign]
     channel.setTimeout(None)
     buffered = b"".join(getattr(channel, "_dataBuffer", []))
     channel._dataBuffer = []
