@@ -1135,6 +1135,57 @@ class FrameTests(SynchronousTestCase):
                          "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=")
 
 
+class ExecSessionTests(SynchronousTestCase):
+    """The simulated container, driven without a network."""
+
+    def session(self, *command: str, **streams: Any) -> tuple[Any, StringTransport, Any]:
+        from twisted.internet.task import Clock
+
+        from yurthub.testing.exec import ExecSession
+
+        clock = Clock()
+        session = ExecSession(clock, list(command), subprotocol="v5.channel.k8s.io",
+                              pod="web-1", **streams)
+        transport = StringTransport()
+        session.makeConnection(transport)
+        return session, transport, clock
+
+    @staticmethod
+    def frames(transport: StringTransport) -> list[tuple[int, bytes]]:
+        return FrameDecoder(masked=False).feed(transport.value())
+
+    def test_close_handshake_times_out_without_a_reply(self) -> None:
+        session, transport, clock = self.session("hostname")
+        self.assertEqual(self.frames(transport)[0], (OP_BINARY, b"\x01web-1\n"))
+        self.assertFalse(transport.disconnecting)
+        clock.advance(session.close_timeout)
+        self.assertTrue(transport.disconnecting)
+
+    def test_sleep_then_success(self) -> None:
+        session, transport, clock = self.session("sleep", "2")
+        clock.advance(1.9)
+        self.assertEqual(transport.value(), b"")
+        clock.advance(0.1)
+        self.assertEqual(session.exit_code, 0)
+
+    def test_missing_executable_is_an_internal_error_status(self) -> None:
+        session, transport, _ = self.session("nope")
+        status = json.loads(self.frames(transport)[0][1][1:])
+        self.assertEqual((status["reason"], status["code"]), ("InternalError", 500))
+        self.assertIn("executable file not found", status["message"])
+
+    def test_tty_merges_stderr_into_stdout(self) -> None:
+        session, transport, _ = self.session("sh", "-c", "exit x", tty=True)
+        self.assertEqual(self.frames(transport)[0][1][:1], b"\x01")
+        self.assertEqual(session.exit_code, 2)
+
+    def test_bad_framing_closes_with_protocol_error(self) -> None:
+        session, transport, _ = self.session("cat", stdin=True)
+        session.dataReceived(encode_frame(OP_BINARY, b"\x00unmasked"))
+        self.assertEqual(self.frames(transport)[-1], (OP_CLOSE, struct.pack("!H", 1002)))
+        self.assertTrue(transport.disconnecting)
+
+
 # -- real sockets ------------------------------------------------------------------------------
 
 
@@ -1304,6 +1355,18 @@ class UpgradeTests(LiveServerTestCase):
         self.assertIn(f"Sec-WebSocket-Protocol: {protocol_name}".encode(), head)
         return client
 
+    async def finish(self, client: _LineCollector) -> None:
+        """Answer the server's close frame, as a WebSocket client does, and wait for the end."""
+        await client.when(lambda data: any(op == OP_CLOSE for op, _ in self.frames_in(data)))
+        assert client.transport is not None
+        client.transport.write(encode_frame(OP_CLOSE, struct.pack("!H", 1000),
+                                            mask=b"\x01\x02\x03\x04"))
+        await client.closed
+
+    @staticmethod
+    def frames_in(data: bytes) -> list[tuple[int, bytes]]:
+        return FrameDecoder(masked=False).feed(data.partition(b"\r\n\r\n")[2])
+
     @staticmethod
     def frames(client: _LineCollector) -> list[tuple[int, bytes]]:
         return FrameDecoder(masked=False).feed(client.data.partition(b"\r\n\r\n")[2])
@@ -1312,7 +1375,7 @@ class UpgradeTests(LiveServerTestCase):
         server = await self.start_server()
         client = await self.exec(server, "command=echo&command=hello&command=edge&stdout=true"
                                          "&stderr=true")
-        await client.closed
+        await self.finish(client)
         frames = self.frames(client)
         self.assertEqual(frames[0], (OP_BINARY, b"\x01hello edge\n"))
         self.assertEqual(frames[1][1][:1], b"\x03")
@@ -1340,7 +1403,7 @@ class UpgradeTests(LiveServerTestCase):
         server = await self.start_server()
         client = await self.exec(server, "command=sh&command=-c&command=exit%203&stdout=true",
                                  "v4.channel.k8s.io")
-        await client.closed
+        await self.finish(client)
         status = json.loads(self.frames(client)[0][1][1:])
         self.assertEqual((status["status"], status["reason"]), ("Failure", "NonZeroExitCode"))
         self.assertEqual(status["details"]["causes"], [{"reason": "ExitCode", "message": "3"}])

@@ -275,7 +275,12 @@ class SimulatedAPIServer:
         return self._port is not None
 
     def start(self, description: str = "tcp:0:interface=127.0.0.1") -> defer.Deferred[Any]:
-        """Listen on the endpoint ``description``; the Deferred fires with the server."""
+        """Listen on the endpoint ``description``; the Deferred fires with the server.
+
+        Raises ``RuntimeError`` when the server is listening already.
+        """
+        if self._port is not None:
+            raise RuntimeError(f"the simulated apiserver already listens on {self.url}")
         endpoint = serverFromString(self._reactor, description)
         return self._listen(endpoint)
 
