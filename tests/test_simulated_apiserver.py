@@ -668,6 +668,61 @@ class SubresourceTests(ServerTestCase):
         self.assertEqual(signed["status"]["conditions"][0]["type"], "Approved")
 
 
+class BootstrapTests(ServerTestCase):
+    seed = False
+
+    def test_cluster_info_is_signed_with_the_token(self) -> None:
+        import hashlib
+        import hmac
+
+        import yaml
+
+        self.server.tls = TestPKI()
+        info = self.server.add_bootstrap_token("abcdef.0123456789abcdef",
+                                               server_url="https://127.0.0.1:6443")
+        kubeconfig = info["data"]["kubeconfig"]
+        cluster = yaml.safe_load(kubeconfig)["clusters"][0]["cluster"]
+        self.assertEqual(cluster["server"], "https://127.0.0.1:6443")
+        self.assertEqual(base64.b64decode(cluster["certificate-authority-data"]),
+                         self.server.tls.ca_cert_pem)
+        header, empty, signature = info["data"]["jws-kubeconfig-abcdef"].split(".")
+        self.assertEqual(empty, "")
+        payload = base64.urlsafe_b64encode(kubeconfig.encode()).decode().rstrip("=")
+        expected = hmac.new(b"0123456789abcdef", f"{header}.{payload}".encode(),
+                            hashlib.sha256).digest()
+        self.assertEqual(base64.urlsafe_b64decode(signature + "=="), expected)
+        secret = self.server.get("secrets", "kube-system", "bootstrap-token-abcdef")
+        assert secret is not None
+        self.assertEqual(base64.b64decode(secret["data"]["token-secret"]), b"0123456789abcdef")
+        again = self.server.add_bootstrap_token("ghijkl.0123456789abcdef",
+                                                server_url="https://127.0.0.1:6443")
+        self.assertEqual(sorted(again["data"]),
+                         ["jws-kubeconfig-abcdef", "jws-kubeconfig-ghijkl", "kubeconfig"])
+        with self.assertRaises(ValueError):
+            self.server.add_bootstrap_token("short")
+
+    def test_csrs_can_be_approved_automatically(self) -> None:
+        from cryptography import x509
+        from cryptography.hazmat.primitives import hashes, serialization
+        from cryptography.hazmat.primitives.asymmetric import ec
+        from cryptography.x509.oid import NameOID
+
+        self.server.tls = TestPKI()
+        self.server.csr_auto_approve = True
+        csr = (x509.CertificateSigningRequestBuilder()
+               .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "n")]))
+               .sign(ec.generate_private_key(ec.SECP256R1()), hashes.SHA256()))
+        request = base64.b64encode(csr.public_bytes(serialization.Encoding.PEM)).decode()
+        self.server.create({"apiVersion": "certificates.k8s.io/v1",
+                            "kind": "CertificateSigningRequest", "metadata": {"name": "auto"},
+                            "spec": {"request": request,
+                                     "signerName": "kubernetes.io/kube-apiserver-client",
+                                     "usages": ["client auth"]}})
+        signed = self.server.get("certificatesigningrequests", None, "auto")
+        assert signed is not None
+        self.assertTrue(signed["status"]["certificate"])
+
+
 # -- selectors --------------------------------------------------------------------------
 
 

@@ -20,6 +20,8 @@ import base64
 import binascii
 import bisect
 import builtins
+import hashlib
+import hmac
 import json
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -536,6 +538,55 @@ class SimulatedAPIServer:
         status["conditions"] = conditions
         status["certificate"] = base64.b64encode(cert).decode("ascii")
         return self.store.update(rtype, obj).copy()
+
+    def add_bootstrap_token(self, token: str, *, server_url: str | None = None) -> JSONDict:
+        """Publish a bootstrap token the way kubeadm does; return the ``cluster-info`` ConfigMap.
+
+        Creates ``kube-system/bootstrap-token-<id>`` and (re)writes ``kube-public/cluster-info``
+        with a kubeconfig (this server's URL, or ``server_url``, and the TLS CA) and the
+        detached HS256 JWS ``jws-kubeconfig-<id>`` that clients verify with the token.
+        Call it after `start` unless ``server_url`` is given.
+        """
+        token_id, _, secret = token.partition(".")
+        if len(token_id) != 6 or len(secret) != 16:
+            raise ValueError("a bootstrap token looks like [a-z0-9]{6}.[a-z0-9]{16}")
+        ca_data = base64.b64encode(self.tls.ca_cert_pem).decode() if self.tls else ""
+        kubeconfig = yaml.safe_dump({
+            "apiVersion": "v1", "kind": "Config", "preferences": {},
+            "clusters": [{"name": "", "cluster": {"certificate-authority-data": ca_data,
+                                                  "server": server_url or self.url}}],
+            "contexts": None, "current-context": "", "users": None,
+        }, sort_keys=False)
+
+        def b64(raw: bytes) -> str:
+            return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+        header = b64(dumps({"alg": "HS256", "kid": token_id}))
+        signed = f"{header}.{b64(kubeconfig.encode())}".encode()
+        signature = b64(hmac.new(secret.encode(), signed, hashlib.sha256).digest())
+        encode = base64.b64encode
+        secret_obj: JSONDict = {
+            "apiVersion": "v1", "kind": "Secret", "type": "bootstrap.kubernetes.io/token",
+            "metadata": {"name": f"bootstrap-token-{token_id}", "namespace": "kube-system"},
+            "data": {"token-id": encode(token_id.encode()).decode(),
+                     "token-secret": encode(secret.encode()).decode(),
+                     "usage-bootstrap-authentication": encode(b"true").decode(),
+                     "usage-bootstrap-signing": encode(b"true").decode(),
+                     "auth-extra-groups": encode(
+                         b"system:bootstrappers:kubeadm:default-node-token").decode()},
+        }
+        if self.get("secrets", "kube-system", f"bootstrap-token-{token_id}") is None:
+            self.create(secret_obj)
+        current = self.get("configmaps", "kube-public", "cluster-info")
+        data = dict((current or {}).get("data") or {})
+        data["kubeconfig"] = kubeconfig
+        data[f"jws-kubeconfig-{token_id}"] = f"{header}..{signature}"
+        if current is None:
+            return self.create({"apiVersion": "v1", "kind": "ConfigMap",
+                                "metadata": {"name": "cluster-info", "namespace": "kube-public"},
+                                "data": data})
+        current["data"] = data
+        return self.update(current)
 
     def _after_create(self, resource: ResourceType, stored: StoredObject) -> None:
         if (resource.plural == "certificatesigningrequests" and self.csr_auto_approve
