@@ -408,6 +408,12 @@ class PaginationTests(ServerTestCase):
         self.assertEqual(pages, 3)
         self.assertEqual(seen, sorted(f"bench-{n}" for n in range(7)))
 
+    def test_resource_version_zero_ignores_limit_as_the_watch_cache_does(self) -> None:
+        seed_pods(self.server, 4)
+        listing = call(self.server, "GET", "/api/v1/pods?limit=2&resourceVersion=0").json()
+        self.assertEqual(len(listing["items"]), 4)
+        self.assertNotIn("continue", listing["metadata"])
+
     def test_garbage_continue_token_is_bad_request(self) -> None:
         self.assertStatus(call(self.server, "GET", "/api/v1/pods?continue=%%%"), 400,
                           "BadRequest")

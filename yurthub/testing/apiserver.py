@@ -676,6 +676,7 @@ class SimulatedAPIServer:
             return
         body = self._serve(request)
         if body is not NOT_DONE_YET and isinstance(body, bytes):
+            request.setHeader(b"content-length", str(len(body)).encode())
             request.write(body)
             request.finish()
 
@@ -943,7 +944,8 @@ class SimulatedAPIServer:
             start = _decode_continue(token)
             keys = [(s.namespace, s.name) for s in objects]
             objects = objects[bisect.bisect_right(keys, start):]
-        limit_text = _arg(request, "limit")
+        # kube-apiserver serves resourceVersion=0 from its watch cache, which ignores limit.
+        limit_text = None if _arg(request, "resourceVersion") == "0" else _arg(request, "limit")
         next_token = None
         remaining = None
         if limit_text:
