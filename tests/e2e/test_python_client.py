@@ -6,6 +6,8 @@ reactor keeps serving yurthub and the simulated cloud.
 
 from __future__ import annotations
 
+import json
+import os
 import time
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -16,7 +18,10 @@ from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import TestCase
 
 from tests.e2e.cloud import Cloud, start_cloud
-from tests.support import sleep
+from tests.support import fetch, sleep, start_hub
+from yurthub.testing.apiserver import SimulatedAPIServer
+from yurthub.testing.pki import TestPKI
+from yurthub.upstream.tls import FileCredentials
 
 T = TypeVar("T")
 
@@ -138,3 +143,24 @@ class PythonClientTests(TestCase):
         )
         await following.addTimeout(15, reactor)
         self.assertLess(arrivals["watched-py"] - created_at, 1.0)
+
+
+class UpstreamVerificationTests(TestCase):
+    """yurthub refuses a cloud whose certificate its CA did not sign."""
+
+    async def test_wrong_cluster_ca_fails_closed(self) -> None:
+        cloud_pki, other_pki = TestPKI(), TestPKI("someone-else")
+        server = SimulatedAPIServer(reactor, tls=cloud_pki)
+        await server.start("tcp:0:interface=127.0.0.1")
+        self.addCleanup(server.stop)
+        directory = os.path.abspath(self.mktemp())
+        os.makedirs(directory)
+        files = other_pki.write_files(directory)
+        hub = await start_hub(self, [server.url], credentials=FileCredentials.from_files(files["ca"]))
+        hub.health.stop()
+        hub.backends[0].set_healthy(True)
+        code, _, body = await fetch(self, b"GET", f"http://127.0.0.1:{hub.port_of('listen.proxy')}/api/v1/namespaces/default/pods")
+        status = json.loads(body)
+        self.assertIn(code, (502, 503))
+        self.assertEqual(status["kind"], "Status")
+        self.assertFalse([r for r in server.requests if r.path.startswith("/api/v1/namespaces/default/pods")])
