@@ -148,19 +148,19 @@ class RemoteProxy:
         max_persistent_per_host: int = 64,
         idle_timeout: float = 90.0,
     ) -> None:
-        self._reactor = reactor
+        self.reactor = reactor
         self.selector = selector
-        self._metrics = metrics
+        self.metrics = metrics
         self.pools: list[HTTPConnectionPool] = []
         self._node_agent = self._make_agent(node_endpoints, max_persistent_per_host, idle_timeout)
         self._token_agent = self._make_agent(token_endpoints, max_persistent_per_host, idle_timeout)
-        self._bytes_down = metrics.bytes_proxied.labels("down")
-        self._bytes_up = metrics.bytes_proxied.labels("up")
+        self.bytes_down = metrics.bytes_proxied.labels("down")
+        self.bytes_up = metrics.bytes_proxied.labels("up")
 
     def _make_agent(self, endpoints: BackendEndpointFactory, per_host: int, idle: float) -> Agent:
-        pool = make_pool(self._reactor, per_host, idle)  # retries are ours: we know which backend is next
+        pool = make_pool(self.reactor, per_host, idle)  # retries are ours: we know which backend is next
         self.pools.append(pool)
-        return Agent.usingEndpointFactory(self._reactor, endpoints, pool=pool)
+        return Agent.usingEndpointFactory(self.reactor, endpoints, pool=pool)
 
     def close(self) -> defer.Deferred[Any]:
         """Close every pooled upstream connection (at shutdown)."""
@@ -217,8 +217,8 @@ class _Exchange:
         backend = self.backends[index]
         producer = BytesProducer(self.body) if self.body is not None else None
         if producer is not None:
-            self.proxy._bytes_up.inc(producer.length)
-        started = self.proxy._reactor.seconds()
+            self.proxy.bytes_up.inc(producer.length)
+        started = self.proxy.reactor.seconds()
         self.pending = self.proxy.agent_for(self.request).request(
             self.request.method, backend.url_bytes + self.target, self.headers, producer
         )
@@ -231,8 +231,8 @@ class _Exchange:
 
     def got_response(self, response: IResponse, started: float) -> None:
         self.pending = None
-        self.proxy._metrics.upstream_latency.labels(self.info.verb).observe(
-            self.proxy._reactor.seconds() - started
+        self.proxy.metrics.upstream_latency.labels(self.info.verb).observe(
+            self.proxy.reactor.seconds() - started
         )
         request = self.request
         if self.client_gone:
@@ -248,7 +248,7 @@ class _Exchange:
         if self.info.is_watch or response.length is UNKNOWN_LENGTH:
             # Streams: send the status line and headers now, before the first event.
             request.write(b"")
-        self.relay = ResponseRelay(request, self.proxy._bytes_down.inc)
+        self.relay = ResponseRelay(request, self.proxy.bytes_down.inc)
         response.deliverBody(self.relay)
 
     def failed(self, failure: Failure, index: int, backend: Backend) -> None:
@@ -257,7 +257,7 @@ class _Exchange:
             return
         nothing_sent = failure.check(ConnectError, DNSLookupError, ConnectingCancelledError) is not None
         kind = "connect" if nothing_sent else "response"
-        self.proxy._metrics.upstream_errors.labels(kind).inc()
+        self.proxy.metrics.upstream_errors.labels(kind).inc()
         _log.info(
             "{method} {uri} to {backend} failed: {err}",
             method=self.request.method.decode("ascii", "replace"),
