@@ -1,0 +1,357 @@
+"""Benchmark: a kubelet-sized pod list through yurthub, next to nginx and to no proxy.
+
+One run on 127.0.0.1 starts, each in its own process group and temp prefix:
+
+- the upstream: nginx serving a ~24 KiB ``PodList`` (100 pods) as a static file at
+  ``/api/v1/pods``, so the upstream is never the bottleneck;
+- ``nginx proxy``: kubespray's localhost apiserver proxy as an HTTP reverse proxy with
+  upstream keep-alive, ``worker_processes 1`` (the anchor row);
+- ``nginx stream (L4)``: kubespray's ``nginx-proxy`` as it ships, a TCP stream proxy,
+  ``worker_processes 1`` (extra row; skipped when nginx has no stream module);
+- yurthub: ``twistd --nodaemon yurthub`` pointed at the upstream (one process, one thread).
+
+It checks that each configuration returns the file byte for byte, then for each one
+warms up for a second and runs ``wrk`` (16 connections, 10 s by default) with kubelet's
+User-Agent. It prints the table, the yurthub / nginx-proxy throughput ratio against the
+0.15 target (PASS/FAIL; the exit status stays 0), and writes ``bench/results.json``.
+Every process is stopped on the way out, including on Ctrl-C and SIGTERM.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from bench import nginx as nginx_conf
+from bench import report as reporting
+from bench.measure import Load, Row, Target, measure, median_rows
+from bench.pods import pod_list_body
+from bench.procs import Child, ChildFailed, free_port, http_get, wait_for_status
+from bench.tools import MissingTools, Tools, ensure_tools
+from bench.wrk import WrkFailed, write_script
+
+#: What wrk and the correctness check send to every configuration (kubelet's identity,
+#: so yurthub treats the requests as it would kubelet's list of its pods).
+REQUEST_HEADERS = {
+    "User-Agent": "kubelet/v1.31.0",
+    "Accept": "application/json",
+}
+
+PATH = "/api/v1/pods"
+RESULTS_PATH = Path(__file__).resolve().parent / "results.json"
+
+#: The upstream nginx takes every core: it is never the bottleneck.
+UPSTREAM_WORKERS = "auto"
+
+#: nginx worker count of the proxy instances: one, as yurthub is one single-threaded process.
+PROXY_WORKERS = 1
+
+
+class BenchError(Exception):
+    """The benchmark cannot produce a meaningful result (wrong body, setup failure)."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What one run measures and how."""
+
+    duration: float = 10.0
+    connections: int = 16
+    threads: int = 2
+    warmup: float = 1.0
+    #: Measure every configuration this many times (in turn) and report each one's median
+    #: round, which steadies the figures on a shared or noisy machine.
+    rounds: int = 1
+    results_path: Path = RESULTS_PATH
+    keep_temp: bool = False
+
+
+@dataclass(frozen=True)
+class _Servers:
+    """What `_start_all` started: the targets in measuring order, and the two processes
+    the measurement looks at besides each target's own."""
+
+    targets: list[Target]
+    upstream: Child
+    yurthub: Child
+    hub_url: str
+
+
+class _Run:
+    """The processes and files of one benchmark run; `close` stops and removes them."""
+
+    def __init__(self, tools: Tools, settings: Settings) -> None:
+        self.tools = tools
+        self.settings = settings
+        self.temp = Path(tempfile.mkdtemp(prefix="yurthub-bench-"))
+        # nginx workers run as an unprivileged user when we are root: let them read it.
+        self.temp.chmod(0o755)
+        self.children: list[Child] = []
+
+    def close(self) -> None:
+        for child in reversed(self.children):
+            try:
+                child.stop()
+            except Exception as e:  # keep stopping the others
+                print(f"bench: could not stop {child.name}: {e}", file=sys.stderr)
+        if self.settings.keep_temp:
+            print(f"bench: kept {self.temp}", file=sys.stderr)
+        else:
+            shutil.rmtree(self.temp, ignore_errors=True)
+
+    def start(self, child: Child) -> Child:
+        self.children.append(child)
+        child.start()
+        return child
+
+    def start_nginx(self, name: str, conf_text: str) -> Child:
+        conf = self.temp / f"{name}.conf"
+        nginx_conf.temp_dir(self.temp, name).mkdir(mode=0o755)
+        conf.write_text(conf_text)
+        argv = nginx_conf.nginx_argv(self.tools.nginx, self.temp, conf, name)
+        test = subprocess.run([*argv, "-t", "-q"], capture_output=True, text=True, timeout=30)
+        if test.returncode != 0:
+            raise BenchError(f"nginx rejects {conf}:\n{test.stderr}")
+        return self.start(Child(name, argv, self.temp / f"{name}.out"))
+
+    def start_yurthub(self, upstream_port: int, proxy_port: int, hub_port: int) -> Child:
+        # A config file of our own, so a node's /etc/yurthub/yurthub.yaml is never read.
+        config = self.temp / "yurthub.yaml"
+        config.write_text("nodeName: bench\n")
+        argv = [
+            _twistd(),
+            "--nodaemon",
+            "--pidfile=",
+            "yurthub",
+            "--config", str(config),
+            "--server", f"http://127.0.0.1:{upstream_port}",
+            "--proxy-listen", f"tcp:{proxy_port}:interface=127.0.0.1",
+            "--hub-listen", f"tcp:{hub_port}:interface=127.0.0.1",
+            "--secure-listen", "",
+            "--cache-dir", str(self.temp / "yurthub-cache"),
+            "--node-name", "bench",
+            "--log-level", "warn",
+        ]  # fmt: skip
+        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        return self.start(Child("yurthub", argv, self.temp / "yurthub.out", cwd=self.temp, env=env))
+
+
+def _twistd() -> str:
+    """The twistd of the interpreter running the bench (the venv's), else PATH's."""
+    beside = Path(sys.executable).with_name("twistd")
+    if beside.exists():
+        return str(beside)
+    found = shutil.which("twistd")
+    if found is None:
+        raise BenchError("twistd not found: run the bench with the venv's python")
+    return found
+
+
+@contextmanager
+def _signals_interrupt() -> Iterator[None]:
+    """Turn SIGTERM and SIGHUP into KeyboardInterrupt so the cleanup runs as on Ctrl-C."""
+
+    def interrupt(signum: int, frame: FrameType | None) -> None:
+        raise KeyboardInterrupt(signal.Signals(signum).name)
+
+    previous = {sig: signal.signal(sig, interrupt) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _start_all(run: _Run, body: bytes) -> _Servers:
+    """Start the upstream, the proxies and yurthub, each ready when this returns."""
+    www = run.temp / "www"
+    www.mkdir(mode=0o755)
+    pods_file = www / "pods.json"
+    pods_file.write_bytes(body)
+    pods_file.chmod(0o644)
+
+    up_port = free_port()
+    upstream = run.start_nginx(
+        "upstream", nginx_conf.upstream_conf(run.temp, up_port, pods_file, workers=UPSTREAM_WORKERS)
+    )
+    up_url = f"http://127.0.0.1:{up_port}"
+    wait_for_status(upstream, f"{up_url}/readyz", timeout=15)
+    targets = [
+        Target("direct", "upstream (direct)", up_url + PATH, upstream, "wrk -> upstream nginx")
+    ]
+
+    proxy_port = free_port()
+    proxy = run.start_nginx(
+        "proxy", nginx_conf.http_proxy_conf(run.temp, proxy_port, up_port, workers=PROXY_WORKERS)
+    )
+    proxy_url = f"http://127.0.0.1:{proxy_port}"
+    wait_for_status(proxy, f"{proxy_url}/readyz", timeout=15)
+    targets.append(
+        Target("nginx-proxy", "nginx proxy", proxy_url + PATH, proxy,
+               "http reverse proxy, upstream keepalive 32, worker_processes 1")
+    )  # fmt: skip
+
+    if run.tools.stream_module is not None:
+        stream_port = free_port()
+        stream = run.start_nginx(
+            "stream",
+            nginx_conf.stream_proxy_conf(
+                run.temp,
+                stream_port,
+                up_port,
+                module=run.tools.stream_module,
+                workers=PROXY_WORKERS,
+            ),
+        )
+        stream_url = f"http://127.0.0.1:{stream_port}"
+        wait_for_status(stream, f"{stream_url}/readyz", timeout=15)
+        targets.append(
+            Target("nginx-stream", "nginx stream (L4)", stream_url + PATH, stream,
+                   "kubespray nginx-proxy as shipped: TCP stream proxy, worker_processes 1")
+        )  # fmt: skip
+
+    yurthub_port, hub_port = free_port(), free_port()
+    yurthub = run.start_yurthub(up_port, yurthub_port, hub_port)
+    wait_for_status(yurthub, f"http://127.0.0.1:{hub_port}/v1/readyz", timeout=30)
+    targets.append(
+        Target("yurthub", "yurthub", f"http://127.0.0.1:{yurthub_port}{PATH}", yurthub,
+               "twistd yurthub, one process, User-Agent kubelet")
+    )  # fmt: skip
+    return _Servers(targets, upstream, yurthub, f"http://127.0.0.1:{hub_port}")
+
+
+def _verify(targets: list[Target], body: bytes) -> None:
+    """Every configuration must return the served file byte for byte before it is timed."""
+    for target in targets:
+        status, got = http_get(target.url, headers=REQUEST_HEADERS, timeout=10)
+        if status != 200 or got != body:
+            where = next(
+                (i for i, (a, b) in enumerate(zip(got, body, strict=False)) if a != b),
+                min(len(got), len(body)),
+            )
+            raise BenchError(
+                f"{target.label}: GET {target.url} answered {status} with {len(got)} bytes, "
+                f"expected 200 with the {len(body)}-byte file; first difference at byte {where}: "
+                f"{got[max(0, where - 40) : where + 80]!r}"
+            )
+
+
+_METRIC_LINE = re.compile(
+    r"^(yurthub_proxy_requests_total|yurthub_upstream_errors_total)\{(.*)\} (\S+)$"
+)
+
+
+def _yurthub_diagnostics(yurthub: Child, hub_url: str) -> dict[str, Any]:
+    """What yurthub itself says after the runs: request counts by code, upstream errors
+    from its metrics, and whatever it logged at warn level or above."""
+    out: dict[str, Any] = {
+        "requests_by_code": {},
+        "upstream_errors": {},
+        "log": yurthub.log_tail(40),
+    }
+    try:
+        status, text = http_get(hub_url + "/metrics", timeout=5)
+    except OSError as e:
+        out["metrics_error"] = str(e)
+        return out
+    for line in text.decode(errors="replace").splitlines():
+        match = _METRIC_LINE.match(line)
+        if not match:
+            continue
+        name, labels, value = match.groups()
+        fields = dict(re.findall(r'(\w+)="([^"]*)"', labels))
+        if name == "yurthub_proxy_requests_total":
+            code = fields.get("code", "?")
+            out["requests_by_code"][code] = out["requests_by_code"].get(code, 0) + int(float(value))
+        else:
+            out["upstream_errors"][fields.get("kind", "?")] = int(float(value))
+    return out
+
+
+def _report(
+    rows: list[Row],
+    rounds: list[list[Row]],
+    settings: Settings,
+    tools: Tools,
+    body: bytes,
+    diagnostics: dict[str, Any],
+) -> dict[str, Any]:
+    return reporting.build_report(
+        rows,
+        rounds,
+        request={"path": PATH, "headers": REQUEST_HEADERS, "body_bytes": len(body), "pods": 100},
+        settings={
+            "duration_s": settings.duration,
+            "warmup_s": settings.warmup,
+            "connections": settings.connections,
+            "wrk_threads": settings.threads,
+            "rounds": settings.rounds,
+            "nginx_proxy_worker_processes": PROXY_WORKERS,
+            "upstream_worker_processes": UPSTREAM_WORKERS,
+        },
+        tools={"nginx": tools.nginx_version, "wrk": tools.wrk_version},
+        diagnostics=diagnostics,
+    )
+
+
+def run(settings: Settings, emit: Callable[[str], None] = print) -> int:
+    """Run the whole benchmark; 0 when it measured (whatever the verdict), 1 when it could
+    not, 2 when nginx or wrk are missing and cannot be installed, 130 when interrupted."""
+    try:
+        tools = ensure_tools()
+    except MissingTools as e:
+        print(f"bench: {e}", file=sys.stderr)
+        return 2
+    with _signals_interrupt():
+        bench_run = _Run(tools, settings)
+        try:
+            body = pod_list_body()
+            servers = _start_all(bench_run, body)
+            _verify(servers.targets, body)
+            emit(
+                f"bench: all {len(servers.targets)} configurations return the {len(body):,}-byte list byte for byte"
+            )
+            load = Load(
+                wrk=tools.wrk,
+                script=write_script(bench_run.temp),
+                duration=settings.duration,
+                warmup=settings.warmup,
+                connections=settings.connections,
+                threads=settings.threads,
+                headers=REQUEST_HEADERS,
+            )
+            rounds: list[list[Row]] = []
+            for number in range(1, settings.rounds + 1):
+                measured = []
+                for target in servers.targets:
+                    of = f" (round {number}/{settings.rounds})" if settings.rounds > 1 else ""
+                    emit(f"bench: measuring {target.label}{of}: {target.note} ...")
+                    measured.append(measure(load, target, servers.upstream, bench_run.children))
+                rounds.append(measured)
+            rows = median_rows(rounds)
+            diagnostics = _yurthub_diagnostics(servers.yurthub, servers.hub_url)
+            report = _report(rows, rounds, settings, tools, body, diagnostics)
+            reporting.print_report(report, rows, emit)
+            settings.results_path.write_text(json.dumps(report, indent=2) + "\n")
+            emit(f"\nresults written to {settings.results_path}")
+            return 0
+        except (BenchError, ChildFailed, WrkFailed) as e:
+            print(f"bench: {e}", file=sys.stderr)
+            return 1
+        except KeyboardInterrupt:
+            print("bench: interrupted; stopping every process", file=sys.stderr)
+            return 130
+        finally:
+            bench_run.close()
