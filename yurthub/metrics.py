@@ -3,14 +3,24 @@
 All collectors live in one `CollectorRegistry` owned by a `ProxyMetrics` instance that the
 composition root creates and passes to the parts that count things, so tests can build as
 many independent yurthubs as they like (no module-level globals).
+
+Label values that come from clients (component, verb, resource) are bounded: after
+`MAX_LABEL_VALUES` distinct values of one label, new ones are counted as ``other``, so no
+client can grow the registry (and yurthub's memory) without limit by inventing user agents
+or paths. The per-request helpers cache the labelled children, since ``labels()`` takes a
+lock and builds a key every time and runs several times per proxied request.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 __all__ = ["CONTENT_TYPE_LATEST", "ProxyMetrics"]
+
+MAX_LABEL_VALUES = 100
 
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 
@@ -58,6 +68,41 @@ class ProxyMetrics:
             ["server"],
             registry=r,
         )
+
+        self._seen: dict[str, set[str]] = {"component": set(), "verb": set(), "resource": set()}
+        self._children: dict[tuple[Any, ...], Any] = {}
+
+    def _bounded(self, label: str, value: str) -> str:
+        seen = self._seen[label]
+        if value in seen:
+            return value
+        if len(seen) < MAX_LABEL_VALUES:
+            seen.add(value)
+            return value
+        return "other"
+
+    def _child(self, metric: Any, *values: str) -> Any:
+        key = (metric, *values)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*values)
+        return child
+
+    def request_started(self, component: str) -> None:
+        """A proxied request from ``component`` is now in flight."""
+        self._child(self.in_flight, self._bounded("component", component)).inc()
+
+    def request_finished(self, component: str, verb: str, resource: str, code: str) -> None:
+        """It ended with ``code`` (an HTTP code or ``aborted``)."""
+        component = self._bounded("component", component)
+        self._child(self.in_flight, component).dec()
+        self._child(
+            self.requests, component, self._bounded("verb", verb), self._bounded("resource", resource), code
+        ).inc()
+
+    def observe_upstream(self, verb: str, seconds: float) -> None:
+        """An upstream answered a ``verb`` request's headers after ``seconds``."""
+        self._child(self.upstream_latency, self._bounded("verb", verb)).observe(seconds)
 
     def render(self) -> bytes:
         """The text exposition format of every metric."""

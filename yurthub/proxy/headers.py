@@ -33,14 +33,16 @@ def connection_tokens(headers: Headers) -> frozenset[bytes]:
     return frozenset(t.strip().lower() for v in values for t in v.split(b",") if t.strip())
 
 
-def end_to_end(headers: Headers, *, also_drop: frozenset[bytes] = frozenset()) -> Headers:
-    """A copy of ``headers`` without hop-by-hop fields and without ``also_drop``."""
-    drop = HOP_BY_HOP | connection_tokens(headers) | also_drop
-    out = Headers()
-    for name, values in headers.getAllRawHeaders():
-        if name.lower() not in drop:
-            out.setRawHeaders(name, values)
-    return out
+def strip_hop_by_hop(headers: Headers, *, also_drop: frozenset[bytes] = frozenset()) -> Headers:
+    """Remove hop-by-hop fields and ``also_drop`` from ``headers`` in place; return it.
+
+    In place because this runs for every proxied request and response: the message is
+    the proxy's own by then, and a copy would cost a header-by-header rebuild.
+    """
+    for name in HOP_BY_HOP | connection_tokens(headers) | also_drop:
+        if headers.hasHeader(name):
+            headers.removeHeader(name)
+    return headers
 
 
 def has_bearer_token(headers: Headers) -> bool:

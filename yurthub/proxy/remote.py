@@ -36,7 +36,7 @@ from zope.interface import implementer
 
 from yurthub.interfaces import IUpstreamSelector
 from yurthub.metrics import ProxyMetrics
-from yurthub.proxy.headers import end_to_end, has_bearer_token, request_target
+from yurthub.proxy.headers import has_bearer_token, request_target, strip_hop_by_hop
 from yurthub.proxy.status import abort_client, finish_with_status
 from yurthub.requestinfo import RequestInfo
 from yurthub.upstream.backends import Backend
@@ -199,7 +199,7 @@ class _Exchange:
         self.pending: defer.Deferred[IResponse] | None = None
         self.relay: ResponseRelay | None = None
         self.client_gone = False
-        self.headers = end_to_end(request.requestHeaders, also_drop=_DROP_UP)
+        self.headers = strip_hop_by_hop(request.requestHeaders, also_drop=_DROP_UP)
         content = request.content
         body = b""
         if content is not None:
@@ -219,6 +219,8 @@ class _Exchange:
         if producer is not None:
             self.proxy.bytes_up.inc(producer.length)
         started = self.proxy.reactor.seconds()
+        # Setting Host ourselves also spares the Agent a copy of the headers.
+        self.headers.setRawHeaders(b"host", [backend.host_header])
         self.pending = self.proxy.agent_for(self.request).request(
             self.request.method, backend.url_bytes + self.target, self.headers, producer
         )
@@ -231,19 +233,18 @@ class _Exchange:
 
     def got_response(self, response: IResponse, started: float) -> None:
         self.pending = None
-        self.proxy.metrics.upstream_latency.labels(self.info.verb).observe(
-            self.proxy.reactor.seconds() - started
-        )
+        self.proxy.metrics.observe_upstream(self.info.verb, self.proxy.reactor.seconds() - started)
         request = self.request
         if self.client_gone:
             response.deliverBody(_Discard())
             return
         request.setResponseCode(response.code, response.phrase)
-        out = request.responseHeaders
-        for name in list(dict(out.getAllRawHeaders())):
-            out.removeHeader(name)
-        for name, values in end_to_end(response.headers).getAllRawHeaders():
-            out.setRawHeaders(name, values)
+        # The Agent already took the connection-control fields out of response.headers;
+        # what remains is the answer's own, so it becomes the client's as it is.
+        headers = strip_hop_by_hop(response.headers)
+        if response.length is not UNKNOWN_LENGTH and request.method != b"HEAD":
+            headers.setRawHeaders(b"content-length", [b"%d" % response.length])
+        request.responseHeaders = headers
         request.defaultContentType = None  # type: ignore[assignment]
         if self.info.is_watch or response.length is UNKNOWN_LENGTH:
             # Streams: send the status line and headers now, before the first event.

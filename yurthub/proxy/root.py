@@ -46,15 +46,14 @@ class _Accounting:
         self._metrics = metrics
         self._info = info
         self._open = True
-        metrics.in_flight.labels(info.component).inc()
+        metrics.request_started(info.component)
 
     def done(self, code: int | str) -> None:
         if not self._open:
             return
         self._open = False
         info = self._info
-        self._metrics.in_flight.labels(info.component).dec()
-        self._metrics.requests.labels(info.component, info.verb, info.resource, str(code)).inc()
+        self._metrics.request_finished(info.component, info.verb, info.resource, str(code))
 
 
 class ProxyRoot(Resource):

@@ -22,7 +22,7 @@ from twisted.web.server import Request
 
 from yurthub.interfaces import IUpstreamSelector
 from yurthub.metrics import ProxyMetrics
-from yurthub.proxy.headers import end_to_end, has_bearer_token, request_target
+from yurthub.proxy.headers import has_bearer_token, request_target, strip_hop_by_hop
 from yurthub.proxy.status import finish_with_status
 from yurthub.requestinfo import RequestInfo
 from yurthub.upstream.endpoints import BackendEndpointFactory
@@ -170,12 +170,13 @@ class UpgradeSplicer:
 def _request_head(request: Request, host: str) -> bytes:
     """The HTTP/1.1 request head to send upstream: end-to-end headers, the upgrade pair,
     the backend's Host and the body length."""
-    headers = end_to_end(request.requestHeaders, also_drop=frozenset({b"host", b"content-length"}))
+    upgrade = request.requestHeaders.getRawHeaders(b"upgrade", [])
+    headers = strip_hop_by_hop(request.requestHeaders, also_drop=frozenset({b"host", b"content-length"}))
     lines = [request.method + b" " + request_target(request) + b" HTTP/1.1", b"Host: " + host.encode("ascii")]
     for name, values in headers.getAllRawHeaders():
         lines.extend(name + b": " + value for value in values)
     lines.append(b"Connection: Upgrade")
-    lines.extend(b"Upgrade: " + v for v in request.requestHeaders.getRawHeaders(b"upgrade", []))
+    lines.extend(b"Upgrade: " + v for v in upgrade)
     if request.content is not None:
         request.content.seek(0, 2)
         length = request.content.tell()

@@ -36,6 +36,7 @@ class Backend:
         netloc = f"[{self.host}]" if ":" in self.host else self.host
         self.url = f"{self.scheme}://{netloc}:{self.port}"
         self.url_bytes = self.url.encode("ascii")
+        self.host_header = f"{netloc}:{self.port}".encode("ascii")
         self._healthy = True
         self._on_change = on_change
 

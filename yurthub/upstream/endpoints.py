@@ -37,6 +37,10 @@ class BackendEndpointFactory:
         self._credentials = credentials
         self._with_cert = with_client_certificate
         self._timeout = connect_timeout
+        # Agent asks for an endpoint on every request, pooled connection or not; building a
+        # HostnameEndpoint (IDNA-encoding the host) each time was ~9 % of the proxy's CPU.
+        # Cached per TLS connection creator, so rotated credentials still take effect.
+        self._cache: dict[tuple[str, str, int, object], IStreamClientEndpoint] = {}
 
     def endpointForURI(self, uri: URI) -> IStreamClientEndpoint:  # noqa: N802 - Twisted's name
         host = uri.host.decode("ascii")
@@ -45,8 +49,16 @@ class BackendEndpointFactory:
         return self.endpoint_for(uri.scheme.decode("ascii"), host, uri.port)
 
     def endpoint_for(self, scheme: str, host: str, port: int) -> IStreamClientEndpoint:
-        """A fresh endpoint for ``scheme://host:port`` (used by the upgrade splicer too)."""
-        endpoint: IStreamClientEndpoint = HostnameEndpoint(self._reactor, host, port, timeout=self._timeout)
-        if scheme == "https":
-            endpoint = wrapClientTLS(self._credentials.client_creator(host, self._with_cert), endpoint)
+        """The endpoint for ``scheme://host:port`` (used by the upgrade splicer too); the
+        host name is resolved anew at every connection."""
+        creator = self._credentials.client_creator(host, self._with_cert) if scheme == "https" else None
+        key = (scheme, host, port, creator)
+        endpoint = self._cache.get(key)
+        if endpoint is None:
+            if len(self._cache) > 64:  # old creators after rotations
+                self._cache.clear()
+            endpoint = HostnameEndpoint(self._reactor, host, port, timeout=self._timeout)
+            if creator is not None:
+                endpoint = wrapClientTLS(creator, endpoint)
+            self._cache[key] = endpoint
         return endpoint
