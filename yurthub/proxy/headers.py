@@ -39,9 +39,10 @@ def strip_hop_by_hop(headers: Headers, *, also_drop: frozenset[bytes] = frozense
     In place because this runs for every proxied request and response: the message is
     the proxy's own by then, and a copy would cost a header-by-header rebuild.
     """
-    for name in HOP_BY_HOP | connection_tokens(headers) | also_drop:
-        if headers.hasHeader(name):
-            headers.removeHeader(name)
+    drop = HOP_BY_HOP | connection_tokens(headers) | also_drop
+    doomed = [name for name, _ in headers.getAllRawHeaders() if name.lower() in drop]
+    for name in doomed:
+        headers.removeHeader(name)
     return headers
 
 
