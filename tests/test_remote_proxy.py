@@ -15,6 +15,7 @@ from twisted.internet.endpoints import TCP4ServerEndpoint
 from twisted.internet.protocol import Factory, Protocol
 from twisted.trial.unittest import TestCase
 from twisted.web.client import ResponseFailed
+from twisted.web.http_headers import Headers
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
@@ -372,3 +373,26 @@ class SecureListenerTests(TestCase):
             self.assertTrue(out.startswith(version), out[:80])
             self.assertIn(b'"path": "/api/v1/namespaces/default/pods"', out)
         self.assertEqual(len(upstream.seen), 2)
+
+
+class BadRequestTests(ProxyTestCase):
+    """What cannot be forwarded gets a 4xx Status and never reaches the cloud."""
+
+    async def test_control_characters_in_the_target_get_400(self) -> None:
+        await self.start()
+        client = await raw_connect(self, self.proxy_port)
+        client.transport.write(b"GET /api/v1/pods?x=\x01y HTTP/1.1\r\nHost: x\r\n\r\n")  # type: ignore[union-attr]
+        await client.closed  # twisted.web refuses the request line itself, with a bare 400
+        self.assertTrue(client.received.startswith(b"HTTP/1.1 400"), client.received)
+        self.assertEqual(self.upstream.seen, [])
+
+    async def test_agent_refuses_an_unsafe_target_with_a_status(self) -> None:
+        await self.start()
+        agent = self.hub.remote.agent_for(self._request_stub())
+        with self.assertRaises(ValueError):
+            await agent.request_to(self.hub.backends[0], b"GET", b"/api/v1/pods?x=\x01", Headers(), None)
+
+    def _request_stub(self) -> Any:
+        from twisted.web.test.requesthelper import DummyRequest
+
+        return DummyRequest([b""])

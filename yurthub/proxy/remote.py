@@ -19,6 +19,7 @@ Failure rules:
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -28,8 +29,9 @@ from twisted.internet.interfaces import IConsumer, IPushProducer, IReactorTime
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web.client import Agent, HTTPConnectionPool, ResponseDone, _HTTP11ClientFactory
+from twisted.web.client import URI, Agent, HTTPConnectionPool, ResponseDone, _HTTP11ClientFactory
 from twisted.web.http import PotentialDataLoss
+from twisted.web.http_headers import Headers
 from twisted.web.iweb import UNKNOWN_LENGTH, IBodyProducer, IResponse
 from twisted.web.server import Request
 from zope.interface import implementer
@@ -88,6 +90,37 @@ def make_pool(reactor: IReactorTime, per_host: int, idle_timeout: float) -> HTTP
     pool.cachedConnectionTimeout = idle_timeout  # type: ignore[assignment]
     pool.retryAutomatically = False
     return pool
+
+
+class BackendAgent(Agent):
+    """An `Agent` that sends a request target to a known backend without re-parsing URLs.
+
+    `Agent.request` parses the full URL and asks the endpoint factory for an endpoint on
+    every call; for a proxy that already knows the backend and the origin-form target that
+    was ~5 % of the CPU per request. `request_to` reuses the backend's parsed URI and
+    endpoint, and otherwise takes Agent's own path (pool, request, response) unchanged.
+    """
+
+    def __init__(self, reactor: IReactorTime, endpoints: BackendEndpointFactory, pool: HTTPConnectionPool) -> None:
+        super().__init__(reactor, pool=pool)
+        self._endpointFactory = endpoints
+        self._uris: dict[Backend, URI] = {}
+
+    def request_to(
+        self, backend: Backend, method: bytes, target: bytes, headers: Headers, body: IBodyProducer | None
+    ) -> defer.Deferred[IResponse]:
+        uri = self._uris.get(backend)
+        if uri is None:
+            uri = self._uris[backend] = URI.fromBytes(backend.url_bytes + b"/")
+        if _UNSAFE_TARGET.search(target):
+            return defer.fail(ValueError(f"invalid request target {target!r}"))
+        endpoint = self._endpointFactory.endpoint_for(backend.scheme, backend.host, backend.port)
+        key = (uri.scheme, uri.host, uri.port)
+        return self._requestWithEndpoint(key, endpoint, method, uri, headers, body, target)  # type: ignore[no-any-return]
+
+
+#: What Twisted's Agent refuses in a URL (control characters and white space).
+_UNSAFE_TARGET = re.compile(rb"[\x00-\x20\x7f]")
 
 
 class ResponseRelay(Protocol):
@@ -157,10 +190,10 @@ class RemoteProxy:
         self.bytes_down = metrics.bytes_proxied.labels("down")
         self.bytes_up = metrics.bytes_proxied.labels("up")
 
-    def _make_agent(self, endpoints: BackendEndpointFactory, per_host: int, idle: float) -> Agent:
+    def _make_agent(self, endpoints: BackendEndpointFactory, per_host: int, idle: float) -> BackendAgent:
         pool = make_pool(self.reactor, per_host, idle)  # retries are ours: we know which backend is next
         self.pools.append(pool)
-        return Agent.usingEndpointFactory(self.reactor, endpoints, pool=pool)
+        return BackendAgent(self.reactor, endpoints, pool)
 
     def close(self) -> defer.Deferred[Any]:
         """Close every pooled upstream connection (at shutdown)."""
@@ -176,7 +209,7 @@ class RemoteProxy:
         _Exchange(self, request, info, backends, on_unavailable).start()
 
     # used by _Exchange
-    def agent_for(self, request: Request) -> Agent:
+    def agent_for(self, request: Request) -> BackendAgent:
         return self._token_agent if has_bearer_token(request.requestHeaders) else self._node_agent
 
 
@@ -221,8 +254,8 @@ class _Exchange:
         started = self.proxy.reactor.seconds()
         # Setting Host ourselves also spares the Agent a copy of the headers.
         self.headers.setRawHeaders(b"host", [backend.host_header])
-        self.pending = self.proxy.agent_for(self.request).request(
-            self.request.method, backend.url_bytes + self.target, self.headers, producer
+        self.pending = self.proxy.agent_for(self.request).request_to(
+            backend, self.request.method, self.target, self.headers, producer
         )
         self.pending.addCallbacks(
             self.got_response,
@@ -255,6 +288,9 @@ class _Exchange:
     def failed(self, failure: Failure, index: int, backend: Backend) -> None:
         self.pending = None
         if self.client_gone or failure.check(defer.CancelledError):
+            return
+        if failure.check(ValueError):  # the request itself cannot be sent (bad target)
+            finish_with_status(self.request, 400, failure.getErrorMessage())
             return
         nothing_sent = failure.check(ConnectError, DNSLookupError, ConnectingCancelledError) is not None
         kind = "connect" if nothing_sent else "response"
