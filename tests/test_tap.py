@@ -11,7 +11,7 @@ from twisted.application.service import IService
 from twisted.trial.unittest import SynchronousTestCase
 
 from yurthub.service import YurtHub
-from yurthub.tap import Options, makeService
+from yurthub.tap import Options, ProcessTuning, makeService
 
 TWISTD = [sys.executable, "-c", "from twisted.scripts.twistd import run; run()"]
 
@@ -80,7 +80,8 @@ class OptionsTests(SynchronousTestCase):
     def test_make_service_builds_a_yurthub(self) -> None:
         options = Options()
         options.parseOptions(["--server", "https://a:6443", "--secure-listen", ""])
-        self.assertIsInstance(makeService(options), YurtHub)
+        service = makeService(options)
+        self.assertEqual([type(s) for s in service], [ProcessTuning, YurtHub])  # type: ignore[attr-defined]
 
 
 class TwistdTests(SynchronousTestCase):
