@@ -117,7 +117,7 @@ class YurtHub(MultiService):
         self.root = ProxyRoot(self.remote, self.upgrades, self.metrics)
         self.listening = Flag("listeners", "proxy listener not bound yet")
         self.checks = [self.listening, BackendsReachable(self.backends)]
-        self.proxy_site: ProxySite = make_site(self.root)
+        self.proxy_site: ProxySite = make_site(self.root, leaf=True)
         self.sites = [self.proxy_site]
         self.listeners: dict[str, Listener] = {}
         listen = config.listen

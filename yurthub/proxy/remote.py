@@ -134,7 +134,6 @@ class ResponseRelay(Protocol):
         self.request = request
         self._on_bytes = on_bytes
         self.client_gone = False
-        self.done: defer.Deferred[None] = defer.Deferred()
 
     def connectionMade(self) -> None:  # noqa: N802
         producer: IPushProducer = self.transport  # type: ignore[assignment]
@@ -158,7 +157,6 @@ class ResponseRelay(Protocol):
                     err=reason.getErrorMessage(),
                 )
                 abort_client(self.request)
-        self.done.callback(None)
 
     def stop(self) -> None:
         """The client went away: drop the upstream connection and write nothing more."""

@@ -14,6 +14,7 @@ from typing import Any
 from typing import Protocol as TypingProtocol
 
 from twisted.logger import Logger, LogLevel
+from twisted.python.failure import Failure
 from twisted.web import http
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
@@ -95,6 +96,28 @@ class ProxyRoot(Resource):
         return NOT_DONE_YET
 
 
+class ProxyRequest(Request):
+    """A request that goes straight to the site's one (leaf) resource.
+
+    `Site` would split and unquote every path segment to walk a resource tree, and set
+    Server and Date headers that the cloud's answer replaces anyway: work thrown away on
+    every proxied request.
+    """
+
+    def process(self) -> None:
+        self.site = self.channel.site  # type: ignore[attr-defined]
+        try:
+            body = self.site.resource.render(self)
+        except BaseException:
+            self.processingFailed(Failure())
+            return
+        if body is NOT_DONE_YET:
+            return
+        self.setHeader(b"content-length", b"%d" % len(body))
+        self.write(body)
+        self.finish()
+
+
 class ProxySite(Site):
     """A `Site` that does not log every request (metrics count them), never shows a
     traceback to a client, and knows its open connections so it can close them."""
@@ -147,7 +170,11 @@ class ProxySite(Site):
         self.spliced.clear()
 
 
-def make_site(root: Resource, *, timeout: float | None = 60 * 60) -> ProxySite:
-    """The `Site` for a proxy listener: HTTP/1.1, and HTTP/2 when TLS negotiates it."""
-    return ProxySite(root, timeout=timeout)
+def make_site(root: Resource, *, timeout: float | None = 60 * 60, leaf: bool = False) -> ProxySite:
+    """A `Site` for a listener: HTTP/1.1, and HTTP/2 when TLS negotiates it. With ``leaf``
+    the root answers every path itself (`ProxyRequest`)."""
+    site = ProxySite(root, timeout=timeout)
+    if leaf:
+        site.requestFactory = ProxyRequest
+    return site
 
