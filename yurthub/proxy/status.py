@@ -81,7 +81,12 @@ def finish_with_status(request: Request, code: int, message: str, reason: str | 
 def abort_client(request: Request) -> None:
     """Drop the client's connection at once (used when a body cannot be completed)."""
     channel = request.channel
-    transport = getattr(channel, "transport", None) if channel is not None else None
+    abort_transport(getattr(channel, "transport", None) if channel is not None else None)
+
+
+def abort_transport(transport: Any) -> None:
+    """Drop a connection at once without flushing, as a dying process would; transports
+    that cannot abort are closed, and ``None`` (already gone) is ignored."""
     if transport is None:
         return
     abort = getattr(transport, "abortConnection", None)

@@ -14,6 +14,7 @@ from typing import Any
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.web.server import Request
 
+from yurthub.proxy.status import abort_client
 from yurthub.testing.objects import (
     ObjectStore,
     ResourceType,
@@ -84,15 +85,7 @@ class ResponseStream:
         if self.done:
             return
         self._end()
-        channel: Any = self.request.channel
-        transport: Any = getattr(channel, "transport", None)
-        if transport is None:
-            return
-        abort = getattr(transport, "abortConnection", None)
-        if abort is not None:
-            abort()
-        else:
-            transport.loseConnection()
+        abort_client(self.request)
 
 
 class WatchStream(ResponseStream):

@@ -20,6 +20,8 @@ from twisted.python.failure import Failure
 from twisted.web.server import Request
 from zope.interface import implementer
 
+from yurthub.proxy.status import abort_transport
+
 __all__ = [
     "ConnectionTrackingFactory",
     "RawEchoProtocol",
@@ -47,14 +49,7 @@ class SwitchableProtocol(ProtocolWrapper):
 
     def abort(self) -> None:
         """Drop the connection at once, without flushing (like a process dying)."""
-        transport: Any = self.transport
-        if transport is None:
-            return
-        abort = getattr(transport, "abortConnection", None)
-        if abort is not None:
-            abort()
-        else:
-            transport.loseConnection()
+        abort_transport(self.transport)
 
 
 @implementer(IProtocolNegotiationFactory)
