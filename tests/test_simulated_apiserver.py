@@ -33,6 +33,9 @@ from twisted.web.http_headers import Headers
 from twisted.web.iweb import IPolicyForHTTPS
 from zope.interface import implementer
 
+from yurthub.kube.patch import PatchError, json_patch, merge_patch, strategic_merge_patch
+from yurthub.kube.selectors import FieldSelector, LabelSelector, SelectorError
+from yurthub.kube.tables import human_duration
 from yurthub.testing import SimulatedAPIServer, TestPKI, make_pod, seed_pods
 from yurthub.testing.exec import (
     OP_BINARY,
@@ -44,9 +47,6 @@ from yurthub.testing.exec import (
     websocket_accept,
 )
 from yurthub.testing.objects import StatusError
-from yurthub.testing.patch import PatchError, json_patch, merge_patch, strategic_merge_patch
-from yurthub.testing.selectors import FieldSelector, LabelSelector, SelectorError
-from yurthub.testing.tables import human_duration
 
 KUBECTL = shutil.which("kubectl") or "/usr/bin/kubectl"
 

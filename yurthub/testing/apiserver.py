@@ -40,6 +40,8 @@ from twisted.python.failure import Failure
 from twisted.web.resource import IResource, Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
 
+from yurthub.kube.patch import PatchError, json_patch, merge_patch, strategic_merge_patch
+from yurthub.kube.selectors import FieldSelector, LabelSelector, SelectorError
 from yurthub.testing.exec import CHANNEL_PROTOCOLS, ExecSession, handshake_response
 from yurthub.testing.objects import (
     DEFAULT_RESOURCE_TYPES,
@@ -50,10 +52,8 @@ from yurthub.testing.objects import (
     dumps,
     format_timestamp,
 )
-from yurthub.testing.patch import PatchError, json_patch, merge_patch, strategic_merge_patch
 from yurthub.testing.pki import TestPKI
 from yurthub.testing.responses import Representation, encode_list, encode_object, negotiate
-from yurthub.testing.selectors import FieldSelector, LabelSelector, SelectorError
 from yurthub.testing.streams import LogStream, ResponseStream, WatchStream
 from yurthub.testing.upgrade import ConnectionTrackingFactory, RawEchoProtocol, take_over_connection
 

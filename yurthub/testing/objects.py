@@ -24,6 +24,8 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from yurthub.kube.meta import parse_timestamp
+
 __all__ = [
     "DEFAULT_RESOURCE_TYPES",
     "ObjectStore",
@@ -50,17 +52,6 @@ def format_timestamp(seconds: float) -> str:
     """Format POSIX ``seconds`` as a Kubernetes RFC 3339 timestamp (``2024-01-02T03:04:05Z``)."""
     moment = datetime.datetime.fromtimestamp(int(seconds), tz=datetime.UTC)
     return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def parse_timestamp(text: str) -> float | None:
-    """Parse a Kubernetes timestamp into POSIX seconds; ``None`` when it does not parse."""
-    try:
-        moment = datetime.datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except (ValueError, AttributeError):
-        return None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=datetime.UTC)
-    return moment.timestamp()
 
 
 def status_body(

@@ -12,8 +12,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from yurthub.kube.tables import build_table
 from yurthub.testing.objects import ResourceType, StoredObject, dumps
-from yurthub.testing.tables import build_table
 
 __all__ = [
     "Representation",

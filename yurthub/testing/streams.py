@@ -14,6 +14,7 @@ from typing import Any
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.web.server import Request
 
+from yurthub.kube.selectors import FieldSelector, LabelSelector
 from yurthub.proxy.status import abort_client
 from yurthub.testing.objects import (
     ObjectStore,
@@ -24,7 +25,6 @@ from yurthub.testing.objects import (
     dumps,
 )
 from yurthub.testing.responses import Representation, encode_event
-from yurthub.testing.selectors import FieldSelector, LabelSelector
 
 __all__ = ["LogStream", "ResponseStream", "WatchStream"]
 

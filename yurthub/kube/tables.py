@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from yurthub.testing.objects import parse_timestamp
+from yurthub.kube.meta import parse_timestamp
 
 __all__ = ["build_table", "human_duration"]
 
