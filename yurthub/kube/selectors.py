@@ -233,3 +233,44 @@ class FieldSelector:
             if (field_value(obj, path) == value) != equal:
                 return False
         return True
+
+
+# Field selectors kube-apiserver supports beyond metadata.name and metadata.namespace,
+# per (group, resource): the selector label and the dotted path it reads.
+POD_FIELDS = (
+    ("spec.nodeName", "spec.nodeName"),
+    ("spec.restartPolicy", "spec.restartPolicy"),
+    ("spec.schedulerName", "spec.schedulerName"),
+    ("spec.serviceAccountName", "spec.serviceAccountName"),
+    ("spec.hostNetwork", "spec.hostNetwork"),
+    ("status.phase", "status.phase"),
+    ("status.podIP", "status.podIP"),
+    ("status.nominatedNodeName", "status.nominatedNodeName"),
+)
+EVENT_FIELDS = tuple(
+    (f"involvedObject.{f}", f"involvedObject.{f}")
+    for f in ("kind", "namespace", "name", "uid", "apiVersion", "resourceVersion", "fieldPath")
+) + (
+    ("reason", "reason"),
+    ("reportingComponent", "reportingComponent"),
+    ("source", "source.component"),
+    ("type", "type"),
+)
+
+FIELD_LABELS: dict[tuple[str, str], tuple[tuple[str, str], ...]] = {
+    ("", "pods"): POD_FIELDS,
+    ("", "services"): (("spec.clusterIP", "spec.clusterIP"), ("spec.type", "spec.type")),
+    ("", "secrets"): (("type", "type"),),
+    ("", "namespaces"): (("status.phase", "status.phase"),),
+    ("", "nodes"): (("spec.unschedulable", "spec.unschedulable"),),
+    ("", "events"): EVENT_FIELDS,
+    ("events.k8s.io", "events"): EVENT_FIELDS,
+    ("certificates.k8s.io", "certificatesigningrequests"): (("spec.signerName", "spec.signerName"),),
+}
+
+
+def field_paths(group: str, resource: str) -> dict[str, str]:
+    """Every field selector label kube-apiserver accepts for a resource, and its path."""
+    paths = {"metadata.name": "metadata.name", "metadata.namespace": "metadata.namespace"}
+    paths.update(FIELD_LABELS.get((group, resource), ()))
+    return paths

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from yurthub.kube.meta import parse_timestamp
+from yurthub.kube.selectors import FIELD_LABELS
 
 __all__ = [
     "DEFAULT_RESOURCE_TYPES",
@@ -136,50 +137,30 @@ class ResourceType:
         )
 
 
-_POD_FIELDS = (
-    ("spec.nodeName", "spec.nodeName"),
-    ("spec.restartPolicy", "spec.restartPolicy"),
-    ("spec.schedulerName", "spec.schedulerName"),
-    ("spec.serviceAccountName", "spec.serviceAccountName"),
-    ("spec.hostNetwork", "spec.hostNetwork"),
-    ("status.phase", "status.phase"),
-    ("status.podIP", "status.podIP"),
-    ("status.nominatedNodeName", "status.nominatedNodeName"),
-)
-_EVENT_FIELDS = tuple(
-    (f"involvedObject.{f}", f"involvedObject.{f}")
-    for f in ("kind", "namespace", "name", "uid", "apiVersion", "resourceVersion", "fieldPath")
-) + (
-    ("reason", "reason"),
-    ("reportingComponent", "reportingComponent"),
-    ("source", "source.component"),
-    ("type", "type"),
-)
-
 _VERBS = ("create", "delete", "deletecollection", "get", "list", "patch", "update", "watch")
 
 DEFAULT_RESOURCE_TYPES: tuple[ResourceType, ...] = (
     ResourceType("", "v1", "pods", "Pod", True, "pod", ("po",), ("status", "log", "exec"),
-                 ("all",), _POD_FIELDS),
+                 ("all",), FIELD_LABELS[("", "pods")]),
     ResourceType("", "v1", "services", "Service", True, "service", ("svc",), ("status",),
-                 ("all",), (("spec.clusterIP", "spec.clusterIP"), ("spec.type", "spec.type"))),
+                 ("all",), FIELD_LABELS[("", "services")]),
     ResourceType("", "v1", "endpoints", "Endpoints", True, "endpoints", ("ep",)),
     ResourceType("", "v1", "configmaps", "ConfigMap", True, "configmap", ("cm",)),
     ResourceType("", "v1", "secrets", "Secret", True, "secret", (), (), (),
-                 (("type", "type"),)),
+                 FIELD_LABELS[("", "secrets")]),
     ResourceType("", "v1", "namespaces", "Namespace", False, "namespace", ("ns",),
-                 ("status",), (), (("status.phase", "status.phase"),)),
+                 ("status",), (), FIELD_LABELS[("", "namespaces")]),
     ResourceType("", "v1", "nodes", "Node", False, "node", ("no",), ("status",), (),
-                 (("spec.unschedulable", "spec.unschedulable"),)),
+                 FIELD_LABELS[("", "nodes")]),
     ResourceType("", "v1", "serviceaccounts", "ServiceAccount", True, "serviceaccount",
                  ("sa",), ("token",)),
-    ResourceType("", "v1", "events", "Event", True, "event", ("ev",), (), (), _EVENT_FIELDS),
+    ResourceType("", "v1", "events", "Event", True, "event", ("ev",), (), (), FIELD_LABELS[("", "events")]),
     ResourceType("discovery.k8s.io", "v1", "endpointslices", "EndpointSlice", True,
                  "endpointslice"),
     ResourceType("coordination.k8s.io", "v1", "leases", "Lease", True, "lease"),
     ResourceType("certificates.k8s.io", "v1", "certificatesigningrequests",
                  "CertificateSigningRequest", False, "certificatesigningrequest", ("csr",),
-                 ("status", "approval"), (), (("spec.signerName", "spec.signerName"),)),
+                 ("status", "approval"), (), FIELD_LABELS[("certificates.k8s.io", "certificatesigningrequests")]),
 )
 
 
