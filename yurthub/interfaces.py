@@ -41,3 +41,50 @@ class IReadinessCheck(Interface):
 
     def check():  # noqa: N805
         """Return ``(ok, detail)``: a bool and a one-line explanation."""
+
+
+class IObjectStore(Interface):
+    """The node's copy of what its components read: bytes and keys, nothing about HTTP.
+
+    Reads are answered from memory at once; writes update the in-memory view at once and
+    reach disk later, off the reactor thread, atomically and durably. An object is never
+    replaced by one with a lower resourceVersion.
+    """
+
+    def load():  # noqa: N805
+        """Recover from any interrupted write and read the directory into memory; a
+        Deferred that fires when the store can answer."""
+
+    def get(key):  # noqa: N805
+        """The bytes of the object at `CacheKey` ``key``, or None."""
+
+    def list(component, gvr, namespace=None):  # noqa: N805
+        """``[(key, bytes)]`` of a component's objects of a `GVR`, in one namespace or all
+        (``None``), sorted by namespace and name."""
+
+    def put(key, resource_version, data):  # noqa: N805
+        """Store an object (JSON bytes) at ``resource_version``; False if ignored because
+        the cached copy is as new or newer."""
+
+    def delete(key, resource_version=None):  # noqa: N805
+        """Remove an object (unless the cached one is newer than ``resource_version``)."""
+
+    def replace(component, gvr, namespace, objects, list_resource_version, covered=None):  # noqa: N805
+        """Make ``objects`` ({key: (resource_version, bytes)}) the whole set that a list
+        covers: the component's objects of ``gvr`` in ``namespace`` (all if None) for which
+        ``covered(key, bytes)`` holds (all if None). Cached objects newer than the list
+        are kept. Crash-safe: after a crash the set is the old one or the new one."""
+
+    def put_document(name, data):  # noqa: N805
+        """Store a non-object document (discovery) under a validated name."""
+
+    def get_document(name):  # noqa: N805
+        """The bytes of a document, or None."""
+
+    def flush():  # noqa: N805
+        """A Deferred that fires when every write so far is on disk."""
+
+    def close():  # noqa: N805
+        """Finish pending writes and stop the writer; a Deferred."""
+
+    health = Attribute("A `StoreHealth`: errors, last error, pending writes, degraded flag.")
