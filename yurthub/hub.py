@@ -8,7 +8,8 @@ exposition of the process's registry.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from twisted.web.resource import Resource
 from twisted.web.server import Request
@@ -77,13 +78,33 @@ class BackendsReachable:
 
     name = "cloud"
 
-    def __init__(self, backends: Sequence[Backend]) -> None:
+    def __init__(self, backends: Sequence[Backend], offline_ok: Callable[[], bool] = lambda: False) -> None:
         self._backends = list(backends)
+        self._offline_ok = offline_ok
 
     def check(self) -> tuple[bool, str]:
-        ok = any(b.healthy for b in self._backends)
+        online = any(b.healthy for b in self._backends)
         states = ", ".join(f"{b.url} {'healthy' if b.healthy else 'unhealthy'}" for b in self._backends)
-        return ok, "no healthy backend: " + states if not ok else states
+        if online:
+            return True, states
+        if self._offline_ok():
+            return True, "no healthy backend, answering from the cache: " + states
+        return False, "no healthy backend: " + states
+
+
+@implementer(IReadinessCheck)
+class StoreHealthy:
+    """Fails while the cache cannot write (disk full or failing, writer behind); proxying
+    goes on meanwhile and the next list repairs what was missed."""
+
+    name = "cache"
+
+    def __init__(self, store: Any) -> None:
+        self._store = store
+
+    def check(self) -> tuple[bool, str]:
+        health = self._store.health
+        return (not health.degraded), health.detail()
 
 
 @implementer(IReadinessCheck)

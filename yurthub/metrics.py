@@ -62,6 +62,12 @@ class ProxyMetrics:
             ["kind"],
             registry=r,
         )
+        self.cache_errors = Counter(
+            "yurthub_cache_errors",
+            "Answers or events that could not be cached, by kind (decode, store).",
+            ["kind"],
+            registry=r,
+        )
         self.backend_healthy = Gauge(
             "yurthub_backend_healthy",
             "1 if the cloud backend is considered healthy, else 0.",

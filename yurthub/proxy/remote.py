@@ -36,6 +36,7 @@ from twisted.web.iweb import UNKNOWN_LENGTH, IBodyProducer, IResponse
 from twisted.web.server import Request
 from zope.interface import implementer
 
+from yurthub.cache.manager import CacheManager, ResponseTee
 from yurthub.interfaces import IUpstreamSelector
 from yurthub.metrics import ProxyMetrics
 from yurthub.proxy.headers import has_bearer_token, request_target, strip_hop_by_hop
@@ -130,9 +131,10 @@ class ResponseRelay(Protocol):
     producer, so twisted.web pauses the upstream when the client's buffer is full.
     """
 
-    def __init__(self, request: Request, on_bytes: Callable[[int], None]) -> None:
+    def __init__(self, request: Request, on_bytes: Callable[[int], None], tee: ResponseTee | None = None) -> None:
         self.request = request
         self._on_bytes = on_bytes
+        self._tee = tee
         self.client_gone = False
 
     def connectionMade(self) -> None:  # noqa: N802
@@ -144,8 +146,26 @@ class ResponseRelay(Protocol):
             return
         self.request.write(data)
         self._on_bytes(len(data))
+        if self._tee is not None:
+            self._feed(data)
+
+    def _feed(self, data: bytes) -> None:
+        try:
+            self._tee.feed(data)  # type: ignore[union-attr]
+        except Exception:  # the cache must never hurt the client's answer
+            _log.failure("caching an answer failed")
+            self._tee = None
 
     def connectionLost(self, reason: Failure = Failure(ResponseDone())) -> None:  # noqa: N802, B008
+        tee, self._tee = self._tee, None
+        if tee is not None:
+            try:
+                if reason.check(ResponseDone) and not self.client_gone:
+                    tee.finish()
+                else:
+                    tee.abandon()
+            except Exception:
+                _log.failure("caching an answer failed")
         if not self.client_gone:
             self.request.unregisterProducer()
             if reason.check(ResponseDone, PotentialDataLoss):
@@ -178,10 +198,12 @@ class RemoteProxy:
         *,
         max_persistent_per_host: int = 64,
         idle_timeout: float = 90.0,
+        cache: CacheManager | None = None,
     ) -> None:
         self.reactor = reactor
         self.selector = selector
         self.metrics = metrics
+        self.cache = cache
         self.pools: list[HTTPConnectionPool] = []
         self._node_agent = self._make_agent(node_endpoints, max_persistent_per_host, idle_timeout)
         self._token_agent = self._make_agent(token_endpoints, max_persistent_per_host, idle_timeout)
@@ -230,6 +252,8 @@ class _Exchange:
         self.pending: defer.Deferred[IResponse] | None = None
         self.relay: ResponseRelay | None = None
         self.client_gone = False
+        # Before the headers go up: the cache may ask the cloud for JSON.
+        self.tee = proxy.cache.tee_for(info, request) if proxy.cache is not None else None
         self.headers = strip_hop_by_hop(request.requestHeaders, also_drop=_DROP_UP)
         content = request.content
         body = b""
@@ -280,7 +304,10 @@ class _Exchange:
         if self.info.is_watch or response.length is UNKNOWN_LENGTH:
             # Streams: send the status line and headers now, before the first event.
             request.write(b"")
-        self.relay = ResponseRelay(request, self.proxy.bytes_down.inc)
+        tee = self.tee
+        if tee is not None and not tee.start(response.code, headers.getRawHeaders(b"content-type", [b""])[0]):
+            tee = None
+        self.relay = ResponseRelay(request, self.proxy.bytes_down.inc, tee)
         response.deliverBody(self.relay)
 
     def failed(self, failure: Failure, index: int, backend: Backend) -> None:

@@ -1,0 +1,397 @@
+"""The cache manager: what is cached, how answers become cached objects, and queries.
+
+It decides per request whether the answer is worth keeping (a cache agent's get, list,
+watch, create, update or patch of a resource, main object or ``status`` only, never CSRs
+or access reviews), asks the cloud for JSON when the client accepts it, and gives the
+remote proxy a `ResponseTee` that sees the body as it streams to the client. The tee never
+delays the client: whole answers (get, list, create, update, patch) are decoded in a
+thread and applied when complete; watch events are applied as each line completes. A
+truncated, failed or undecodable answer changes nothing.
+
+Reads for the offline answers go through `objects`, which falls back from the asking
+component's own copy to every component's (newest first) so that, say, kubectl on the node
+sees what kubelet cached.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from twisted.internet import defer
+from twisted.logger import Logger
+from twisted.web.server import Request
+
+from yurthub.cache.keys import GVR, CacheKey, InvalidKey, check_component
+from yurthub.interfaces import IObjectStore
+from yurthub.kube.selectors import FieldSelector, LabelSelector, field_paths
+from yurthub.metrics import ProxyMetrics
+from yurthub.requestinfo import RequestInfo
+
+_log = Logger()
+
+CACHED_VERBS = frozenset({"get", "list", "watch", "create", "update", "patch"})
+
+#: API groups whose objects are never cached (credentials and access decisions).
+NEVER_CACHED_GROUPS = frozenset({"authentication.k8s.io", "authorization.k8s.io", "certificates.k8s.io"})
+
+#: Largest whole answer (get/list/...) decoded for the cache; larger ones pass uncached.
+MAX_CACHED_BODY = 64 * 1024 * 1024
+
+#: Longest watch event line kept while it streams in.
+MAX_EVENT_LINE = 16 * 1024 * 1024
+
+T = TypeVar("T")
+Runner = Callable[..., "defer.Deferred[Any]"]
+
+
+def _rv_int(text: str) -> int:
+    try:
+        return int(text)
+    except (TypeError, ValueError):
+        return 0
+
+
+@dataclass(frozen=True)
+class CachedObject:
+    """One object read back from the cache: its key, bytes and decoded form."""
+
+    key: CacheKey
+    data: bytes
+    obj: dict[str, Any]
+
+    @property
+    def resource_version(self) -> str:
+        return str(self.obj.get("metadata", {}).get("resourceVersion", ""))
+
+
+def discovery_document_name(path: str) -> str | None:
+    """The cache document name for a discovery path (``/apis/apps/v1`` ->
+    ``discovery.apis.apps.v1``), or None if the path is not discovery."""
+    path = path.rstrip("/") or "/"
+    parts = [p for p in path.split("/") if p]
+    if not parts or parts[0] not in ("api", "apis", "version"):
+        return None
+    if parts[0] == "version" and len(parts) == 1:
+        return "discovery.version"
+    if parts[0] == "api" and len(parts) <= 2:
+        return "discovery." + ".".join(parts)
+    if parts[0] == "apis" and len(parts) <= 3:
+        return "discovery." + ".".join(parts)
+    return None
+
+
+def gvr_of(info: RequestInfo) -> GVR:
+    """The `GVR` a request addresses (`InvalidKey` if its parts cannot name one)."""
+    return GVR(info.api_group, info.api_version, info.resource)
+
+
+def accepts_json(accept: bytes | None) -> bool:
+    """True if an Accept header admits a plain JSON answer (absent means anything)."""
+    if not accept:
+        return True
+    for part in accept.split(b","):
+        media = part.split(b";", 1)[0].strip().lower()
+        if media in (b"application/json", b"*/*", b"application/*"):
+            params = part.lower()
+            if b"as=table" not in params and b"as=partialobjectmetadata" not in params:
+                return True
+    return False
+
+
+class CacheManager:
+    """Keeps the node's copy of what its cache agents read, in an `IObjectStore`."""
+
+    def __init__(
+        self,
+        store: IObjectStore,
+        agents: Iterable[str],
+        metrics: ProxyMetrics,
+        *,
+        run_in_thread: Runner,
+    ) -> None:
+        self.store = store
+        self.agents = frozenset(agents)
+        self._metrics = metrics
+        self._run = run_in_thread
+
+    # --- what to cache -------------------------------------------------------------
+
+    def is_agent(self, component: str) -> bool:
+        return bool(component) and ("*" in self.agents or component in self.agents)
+
+    def cacheable(self, info: RequestInfo) -> bool:
+        """Whether an answer to this request is kept (before content negotiation)."""
+        if not (info.is_resource_request and info.verb in CACHED_VERBS and self.is_agent(info.component)):
+            return False
+        if info.subresource not in ("", "status") or info.api_group in NEVER_CACHED_GROUPS:
+            return False
+        try:
+            check_component(info.component)
+            gvr_of(info)
+        except InvalidKey:
+            return False
+        return True
+
+    def tee_for(self, info: RequestInfo, request: Request) -> ResponseTee | None:
+        """A tee for this request's answer, or None if it is not cached. Asks the cloud for
+        JSON when the client accepts JSON (clients decode by Content-Type), so the cache
+        always holds JSON; protobuf-only and Table requests pass uncached."""
+        if not info.is_resource_request:
+            name = discovery_document_name(info.path) if info.verb == "get" else None
+            if name is None:
+                return None
+            # Legacy (unaggregated) discovery in JSON: what can be served offline later.
+            request.requestHeaders.setRawHeaders(b"accept", [b"application/json"])
+            return DocumentTee(self, info, name)
+        if not self.cacheable(info):
+            return None
+        if not accepts_json(request.getHeader(b"accept")):
+            return None
+        request.requestHeaders.setRawHeaders(b"accept", [b"application/json"])
+        if info.is_watch:
+            return WatchTee(self, info)
+        return WholeTee(self, info)
+
+    # --- applying answers ----------------------------------------------------------
+
+    def key(self, component: str, gvr: GVR, obj: dict[str, Any], default_namespace: str = "") -> CacheKey:
+        meta = obj.get("metadata") or {}
+        return CacheKey(component, gvr, meta.get("namespace") or default_namespace, meta.get("name") or "")
+
+    def apply_object(self, info: RequestInfo, obj: dict[str, Any], data: bytes | None = None) -> None:
+        """Store one object an answer carried (get, create, update, patch, watch)."""
+        if not isinstance(obj, dict) or "metadata" not in obj:
+            return
+        key = self.key(info.component, gvr_of(info), obj, info.namespace)
+        if data is None:
+            data = _encode(obj)
+        self.store.put(key, str(obj["metadata"].get("resourceVersion", "")), data)
+
+    def apply_list(self, info: RequestInfo, items: list[tuple[CacheKey, str, bytes]], list_rv: str) -> None:
+        """Make a list's items the whole set it covers."""
+        labels = LabelSelector.parse(info.label_selector or None)
+        fields = FieldSelector.parse(info.field_selector or None, field_paths(info.api_group, info.resource))
+        covered: Callable[[CacheKey, bytes], bool] | None = None
+        if not labels.empty or not fields.empty:
+
+            def covered(key: CacheKey, data: bytes) -> bool:
+                obj = _decode(data)
+                return obj is not None and labels.matches(obj.get("metadata", {}).get("labels")) and fields.matches(obj)
+
+        self.store.replace(
+            info.component,
+            gvr_of(info),
+            info.namespace or None,
+            {key: (rv, data) for key, rv, data in items},
+            list_rv,
+            covered,
+        )
+
+    def apply_event(self, info: RequestInfo, event: dict[str, Any]) -> None:
+        """Apply one watch event in order."""
+        kind = event.get("type")
+        obj = event.get("object")
+        if not isinstance(obj, dict):
+            return
+        if kind in ("ADDED", "MODIFIED"):
+            self.apply_object(info, obj)
+        elif kind == "DELETED":
+            meta = obj.get("metadata") or {}
+            self.store.delete(self.key(info.component, gvr_of(info), obj, info.namespace), str(meta.get("resourceVersion", "")) or None)
+
+    def count_error(self, what: str) -> None:
+        self._metrics.cache_errors.labels(what).inc()
+
+    # --- queries -------------------------------------------------------------------
+
+    def objects(self, info: RequestInfo, namespace: str | None) -> list[CachedObject]:
+        """The cached objects a request may read: its component's own copy of the
+        resource if it has one, else every component's (newest copy of each object)."""
+        gvr = gvr_of(info)
+        own = self.store.list(info.component, gvr, namespace) if self.is_agent(info.component) else []
+        if own:
+            pairs = own
+        else:
+            newest: dict[tuple[str, str], tuple[int, CacheKey, bytes]] = {}
+            for component in self.components():
+                for key, data in self.store.list(component, gvr, namespace):
+                    obj_id = (key.namespace, key.name)
+                    rv = _rv_int(_peek_rv(data))
+                    if obj_id not in newest or rv > newest[obj_id][0]:
+                        newest[obj_id] = (rv, key, data)
+            pairs = [(key, data) for _, key, data in sorted(newest.values(), key=lambda t: (t[1].namespace, t[1].name))]
+        out = []
+        for key, data in pairs:
+            obj = _decode(data)
+            if obj is not None:
+                out.append(CachedObject(key, data, obj))
+        return out
+
+    def components(self) -> list[str]:
+        """Components that have anything cached."""
+        lister = getattr(self.store, "components", None)
+        return list(lister()) if lister is not None else sorted(self.agents - {"*"})
+
+
+def _encode(obj: Any) -> bytes:
+    return json.dumps(obj, separators=(",", ":")).encode()
+
+
+def _decode(data: bytes) -> dict[str, Any] | None:
+    try:
+        obj = json.loads(data)
+    except ValueError:
+        return None
+    return obj if isinstance(obj, dict) else None
+
+
+def _peek_rv(data: bytes) -> str:
+    """The resourceVersion of an encoded object without decoding all of it."""
+    marker = data.find(b'"resourceVersion":"')
+    if marker == -1:
+        obj = _decode(data)
+        return str((obj or {}).get("metadata", {}).get("resourceVersion", "")) if obj else ""
+    start = marker + len(b'"resourceVersion":"')
+    end = data.find(b'"', start)
+    return data[start:end].decode("ascii", "replace")
+
+
+def decode_list(body: bytes, component: str, gvr: GVR, namespace: str) -> tuple[list[tuple[CacheKey, str, bytes]], str]:
+    """Decode a list answer into cacheable items (with kind and apiVersion filled in, as
+    list items omit them) and the list's resourceVersion. Runs in a thread."""
+    doc = json.loads(body)
+    if not isinstance(doc, dict) or not isinstance(doc.get("items"), list):
+        raise ValueError("not a list")
+    kind = str(doc.get("kind", ""))
+    item_kind = kind[:-4] if kind.endswith("List") else kind
+    api_version = doc.get("apiVersion") or (f"{gvr.group}/{gvr.version}" if gvr.group else gvr.version)
+    items = []
+    for item in doc["items"]:
+        if not isinstance(item, dict):
+            continue
+        item.setdefault("kind", item_kind)
+        item.setdefault("apiVersion", api_version)
+        meta = item.get("metadata") or {}
+        key = CacheKey(component, gvr, meta.get("namespace") or namespace, meta.get("name") or "")
+        items.append((key, str(meta.get("resourceVersion", "")), _encode(item)))
+    return items, str((doc.get("metadata") or {}).get("resourceVersion", ""))
+
+
+class ResponseTee:
+    """Sees an answer's body as it streams to the client; applies it to the cache."""
+
+    def __init__(self, manager: CacheManager, info: RequestInfo) -> None:
+        self.manager = manager
+        self.info = info
+        self.active = True
+
+    def start(self, code: int, content_type: bytes | None) -> bool:
+        """The response began; False (and the tee goes quiet) unless it is a 2xx JSON
+        answer worth caching."""
+        media = (content_type or b"").split(b";", 1)[0].strip().lower()
+        self.active = 200 <= code < 300 and media == b"application/json"
+        return self.active
+
+    def feed(self, data: bytes) -> None:
+        raise NotImplementedError
+
+    def finish(self) -> None:
+        """The body ended completely."""
+
+    def abandon(self) -> None:
+        """The body did not end completely: nothing of it is applied."""
+        self.active = False
+
+
+class WholeTee(ResponseTee):
+    """get, list, create, update, patch: the whole body, decoded once it is complete."""
+
+    def __init__(self, manager: CacheManager, info: RequestInfo) -> None:
+        super().__init__(manager, info)
+        self._chunks: list[bytes] = []
+        self._size = 0
+
+    def feed(self, data: bytes) -> None:
+        if not self.active:
+            return
+        self._size += len(data)
+        if self._size > MAX_CACHED_BODY:
+            self.active = False
+            self._chunks = []
+            return
+        self._chunks.append(data)
+
+    def finish(self) -> None:
+        if not self.active:
+            return
+        self.active = False
+        body = b"".join(self._chunks)
+        self._chunks = []
+        manager, info = self.manager, self.info
+        if info.verb == "list":
+            d = manager._run(decode_list, body, info.component, gvr_of(info), info.namespace)
+            d.addCallback(lambda result: manager.apply_list(info, *result))
+        else:
+            d = manager._run(json.loads, body)
+            d.addCallback(lambda obj: manager.apply_object(info, obj, body))
+        d.addErrback(self._failed)
+
+    def _failed(self, failure: Any) -> None:
+        self.manager.count_error("decode")
+        _log.info(
+            "answer to {verb} {resource} not cached: {err}",
+            verb=self.info.verb,
+            resource=self.info.resource,
+            err=failure.getErrorMessage(),
+        )
+
+
+class WatchTee(ResponseTee):
+    """watch: each newline-terminated event applied as soon as it is complete."""
+
+    def __init__(self, manager: CacheManager, info: RequestInfo) -> None:
+        super().__init__(manager, info)
+        self._partial = b""
+
+    def feed(self, data: bytes) -> None:
+        if not self.active:
+            return
+        buffered = self._partial + data
+        lines = buffered.split(b"\n")
+        self._partial = lines.pop()
+        if len(self._partial) > MAX_EVENT_LINE:
+            self.active = False
+            return
+        for line in lines:
+            if not line.strip():
+                continue
+            try:
+                event = json.loads(line)
+                self.manager.apply_event(self.info, event)
+            except (ValueError, InvalidKey) as e:
+                self.manager.count_error("decode")
+                _log.info("watch event not cached: {err}", err=str(e))
+
+
+class DocumentTee(WholeTee):
+    """Discovery documents, kept whole under a document name."""
+
+    def __init__(self, manager: CacheManager, info: RequestInfo, name: str) -> None:
+        super().__init__(manager, info)
+        self.name = name
+
+    def finish(self) -> None:
+        if not self.active:
+            return
+        self.active = False
+        body = b"".join(self._chunks)
+        self._chunks = []
+        try:
+            json.loads(body)
+        except ValueError:
+            self.manager.count_error("decode")
+            return
+        self.manager.store.put_document(self.name, body)
