@@ -1,0 +1,1350 @@
+"""The node's object cache on disk: one file per object, written off the reactor thread.
+
+`FilesystemObjectStore` keeps every cached object in memory (an `ObjectIndex`: bytes as
+given, indexed per component and resource) and mirrors it to a directory in OpenYurt's
+layout, ``<dir>/<component>/<resource>.<version>.<group|core>/[<namespace>/]<name>``, one
+file per object holding exactly the object's bytes (files 0600, directories 0700).
+Documents that are not objects (discovery) live in ``<dir>/_yurthub/<name>``; ``_yurthub``
+cannot be a component name, so nothing collides.
+
+Reads never touch the disk. Writes change the memory view at once and mark the key dirty;
+ONE daemon writer thread takes all dirty keys at each turn and writes what memory holds
+for them then, so a hot key is written once per turn however often it changes, and a
+delete after a pending put simply removes the file. More than ``max_pending`` keys waiting
+means later writes reach memory only: they are counted as dropped and the store reports
+itself degraded until a ``replace`` of that resource (the next list) rewrites them. Disk
+errors never reach the caller: they are counted in `StoreHealth`, the temp file is
+removed, and the keys concerned stay marked until a later write or list repairs them.
+
+Every file write is atomic and durable: a temp file ``.tmp-<random>`` in the target's
+directory, write, fsync, rename over the target, fsync the directory. A delete is unlink
+and fsync of the directory.
+
+A list replacement (``replace``) must leave after a crash either the old set or the new
+one, so the keys it changed are written through a journal:
+
+1. every new object is written to a temp file beside its target and fsynced, and the
+   directories holding them are fsynced;
+2. the journal ``<dir>/_yurthub/journal/<id>.json`` (``{"renames": [[temp, target], ...],
+   "deletes": [path, ...]}``, paths relative to ``<dir>``) is written atomically: temp
+   file, fsync, rename, fsync of the journal directory. From here on the change is decided;
+3. the renames are applied in journal order, then the deletes, then the directories are
+   fsynced;
+4. the journal is removed and its directory fsynced.
+
+`load` first recovers: a journal whose temp files are all present, or missing only as a
+prefix of its renames (those renames were applied before the crash), is rolled forward
+(remaining renames, then all deletes, which are idempotent) and removed; a journal that
+cannot be parsed or whose missing temp files are not such a prefix (it cannot have been
+complete) is removed without being applied. Then every ``.tmp-*`` file left anywhere is
+deleted: a temp file not taken by a journal belongs to a write that never happened.
+
+`load` then reads the directory. Entries whose names cannot form a `CacheKey`, symlinks
+(never followed: ``O_NOFOLLOW`` and ``lstat``), empty files, files that are not JSON
+objects or have no ``metadata`` are skipped, counted in ``health.corrupt_files`` and
+logged with their path. An object whose metadata has no resourceVersion loads at ``"0"``.
+"""
+
+from __future__ import annotations
+
+import builtins
+import errno
+import json
+import os
+import re
+import secrets
+import stat
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from twisted.internet import defer
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from yurthub.cache.keys import GVR, CacheKey, InvalidKey, check_component
+from yurthub.interfaces import IObjectStore
+
+_log = Logger()
+
+#: Directory below the cache directory for documents and journals (never a component).
+DOCUMENTS_DIR = "_yurthub"
+#: Directory below `DOCUMENTS_DIR` holding list-replacement journals.
+JOURNAL_DIR = "journal"
+#: Every temp file's name starts with this (never a valid key part).
+TEMP_PREFIX = ".tmp-"
+
+#: Largest file read back at load; anything larger is skipped as corrupt.
+MAX_FILE_SIZE = 64 * 1024 * 1024
+
+_DOCUMENT_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,199}$")
+_RESERVED_DOCUMENT_NAMES = frozenset({JOURNAL_DIR})
+_MAX_LOGGED_PROBLEMS = 20
+
+Covered = Callable[[CacheKey, bytes], bool]
+
+
+class StoreError(Exception):
+    """The cache directory cannot be used; the message is one line naming it."""
+
+
+def check_document_name(name: str) -> str:
+    """``name`` if it can name a document (``[a-z0-9][a-z0-9._-]*``, at most 200
+    characters, not ``journal``), else `InvalidKey`."""
+    if (
+        not isinstance(name, str)
+        or not _DOCUMENT_NAME.match(name)
+        or name in _RESERVED_DOCUMENT_NAMES
+    ):
+        raise InvalidKey(f"invalid document name {name!r}")
+    return name
+
+
+# --- resourceVersion rules -------------------------------------------------------------
+
+
+def _rv_number(rv: str) -> int | None:
+    if isinstance(rv, str) and 0 < len(rv) <= 40 and rv.isascii() and rv.isdigit():
+        return int(rv)
+    return None
+
+
+def is_as_new(cached: str, new: str) -> bool:
+    """True if an object cached at resourceVersion ``cached`` needs no rewrite by the same
+    object at ``new``: both are decimal and ``cached >= new``, or both are the same
+    non-empty opaque string. An RV that is not decimal is unknown: the write is taken."""
+    a, b = _rv_number(cached), _rv_number(new)
+    if a is not None and b is not None:
+        return a >= b
+    return bool(cached) and cached == new
+
+
+def is_newer(cached: str, than: str | None) -> bool:
+    """True if ``cached`` is known to be strictly newer than ``than`` (both decimal)."""
+    if than is None:
+        return False
+    a, b = _rv_number(cached), _rv_number(than)
+    return a is not None and b is not None and a > b
+
+
+# --- health ----------------------------------------------------------------------------
+
+
+class StoreHealth:
+    """How the disk side of a store is doing, for ``/v1/readyz`` and the logs.
+
+    ``errors`` counts failed disk operations, ``corrupt_files`` the entries skipped at load,
+    ``dropped`` the writes not queued because too many were waiting, ``stale`` the objects
+    whose file may differ from memory. ``degraded`` holds while anything is stale or the
+    writer cannot run; ``reason`` says why and ``last_error`` is the last disk error, one
+    line with its path. ``pending`` is how many keys wait for the writer right now.
+    """
+
+    def __init__(self, pending: Callable[[], int] | None = None) -> None:
+        self.errors = 0
+        self.corrupt_files = 0
+        self.dropped = 0
+        self.stale = 0
+        self.degraded = False
+        self.reason = ""
+        self.last_error = ""
+        self._pending = pending
+
+    @property
+    def pending(self) -> int:
+        """Keys (and documents) waiting to be written."""
+        return self._pending() if self._pending is not None else 0
+
+    def detail(self) -> str:
+        """A one-line summary: ``ok`` or ``degraded: <reason>`` and the counters."""
+        counters = f"pending={self.pending} errors={self.errors} dropped={self.dropped} corrupt_files={self.corrupt_files}"
+        if not self.degraded:
+            return f"ok ({counters})"
+        text = f"degraded: {self.reason} ({counters})"
+        if self.last_error:
+            text += f"; last error: {self.last_error}"
+        return " ".join(text.split())
+
+    def __repr__(self) -> str:
+        return f"<StoreHealth {self.detail()}>"
+
+
+# --- the in-memory view ----------------------------------------------------------------
+
+_Entry = tuple[CacheKey, str, bytes]
+
+
+class ObjectIndex:
+    """Cached objects in memory: bytes and resourceVersion by `CacheKey`, grouped per
+    (component, `GVR`) and namespace, so a list costs what that resource holds.
+
+    It applies the resourceVersion rules (`is_as_new`, `is_newer`) and keeps the bytes as
+    given; it is not thread-safe (callers serialise writes).
+    """
+
+    def __init__(self) -> None:
+        self._resources: dict[tuple[str, GVR], dict[str, dict[str, _Entry]]] = {}
+        self._count = 0
+
+    def __len__(self) -> int:
+        return self._count
+
+    def entry(self, key: CacheKey) -> tuple[str, bytes] | None:
+        """``(resource_version, bytes)`` of a cached object, or None."""
+        names = self._resources.get((key.component, key.gvr), {}).get(key.namespace)
+        found = names.get(key.name) if names else None
+        return (found[1], found[2]) if found is not None else None
+
+    def get(self, key: CacheKey) -> bytes | None:
+        """The bytes of a cached object, or None."""
+        found = self.entry(key)
+        return found[1] if found is not None else None
+
+    def list(
+        self, component: str, gvr: GVR, namespace: str | None = None
+    ) -> list[tuple[CacheKey, bytes]]:
+        """``[(key, bytes)]`` of one resource, in one namespace or all (None or ``""``),
+        sorted by namespace and name."""
+        by_namespace = self._resources.get((component, gvr))
+        if not by_namespace:
+            return []
+        if namespace:
+            names = by_namespace.get(namespace)
+            return [(names[n][0], names[n][2]) for n in sorted(names)] if names else []
+        out: builtins.list[tuple[CacheKey, bytes]] = []
+        for ns in sorted(by_namespace):
+            names = by_namespace[ns]
+            out.extend((names[n][0], names[n][2]) for n in sorted(names))
+        return out
+
+    def keys(
+        self, component: str, gvr: GVR, namespace: str | None = None
+    ) -> Iterator[tuple[CacheKey, str, bytes]]:
+        """Every ``(key, resource_version, bytes)`` of a resource (one namespace or all),
+        unordered."""
+        by_namespace = self._resources.get((component, gvr))
+        if not by_namespace:
+            return iter(())
+        if namespace:
+            return iter(list(by_namespace.get(namespace, {}).values()))
+        return iter([e for names in by_namespace.values() for e in names.values()])
+
+    def components(self) -> builtins.list[str]:
+        """Components with anything cached, sorted."""
+        return sorted({component for component, _ in self._resources})
+
+    def entries(self) -> Iterator[_Entry]:
+        """Every cached ``(key, resource_version, bytes)``."""
+        for by_namespace in self._resources.values():
+            for names in by_namespace.values():
+                yield from names.values()
+
+    def set(self, key: CacheKey, resource_version: str, data: bytes) -> None:
+        """Store an object whatever the cached copy's resourceVersion."""
+        names = self._resources.setdefault((key.component, key.gvr), {}).setdefault(
+            key.namespace, {}
+        )
+        if key.name not in names:
+            self._count += 1
+        names[key.name] = (key, resource_version, data)
+
+    def remove(self, key: CacheKey) -> bool:
+        """Forget an object; True if it was cached."""
+        by_namespace = self._resources.get((key.component, key.gvr))
+        names = by_namespace.get(key.namespace) if by_namespace else None
+        if not names or names.pop(key.name, None) is None:
+            return False
+        self._count -= 1
+        if not names:
+            del by_namespace[key.namespace]  # type: ignore[union-attr]
+            if not by_namespace:
+                del self._resources[(key.component, key.gvr)]
+        return True
+
+    def put(self, key: CacheKey, resource_version: str, data: bytes) -> bool:
+        """Store an object unless the cached copy is as new (`is_as_new`); True if stored."""
+        cached = self.entry(key)
+        if cached is not None and is_as_new(cached[0], resource_version):
+            return False
+        self.set(key, resource_version, data)
+        return True
+
+    def delete(self, key: CacheKey, resource_version: str | None = None) -> bool:
+        """Forget an object unless the cached copy is newer than ``resource_version``;
+        True if it was removed."""
+        cached = self.entry(key)
+        if cached is None or is_newer(cached[0], resource_version):
+            return False
+        return self.remove(key)
+
+    def replace(
+        self,
+        component: str,
+        gvr: GVR,
+        namespace: str | None,
+        objects: Mapping[CacheKey, tuple[str, bytes]],
+        list_resource_version: str,
+        covered: Covered | None = None,
+    ) -> builtins.list[CacheKey]:
+        """Make ``objects`` the set a list covers (see `IObjectStore.replace`); the keys
+        whose cached state changed. `ValueError` if an object is outside the list's scope.
+        Nothing changes if ``covered`` raises."""
+        namespace = namespace or None
+        for key in objects:
+            if (
+                key.component != component
+                or key.gvr != gvr
+                or (namespace is not None and key.namespace != namespace)
+            ):
+                raise ValueError(
+                    f"{key} is not in the list of {component} {gvr.dirname} {namespace or ''}"
+                )
+        removals = [
+            key
+            for key, rv, data in self.keys(component, gvr, namespace)
+            if key not in objects
+            and (covered is None or covered(key, data))
+            and not is_newer(rv, list_resource_version)
+        ]
+        changed = []
+        for key in removals:
+            self.remove(key)
+            changed.append(key)
+        for key, (rv, data) in objects.items():
+            if self.put(key, rv, data):
+                changed.append(key)
+        return changed
+
+
+# --- the disk --------------------------------------------------------------------------
+
+
+class _Disk:
+    """The file operations the store uses, one method per system call that matters, so
+    tests can inject faults (ENOSPC, EIO) or a crash at any step."""
+
+    def makedir(self, path: str) -> bool:
+        """Create a 0700 directory; True if created, False if a directory (not a symlink)
+        is already there."""
+        try:
+            os.mkdir(path, 0o700)
+            return True
+        except FileExistsError:
+            if not stat.S_ISDIR(os.lstat(path).st_mode):
+                raise OSError(errno.ENOTDIR, "exists and is not a directory", path) from None
+            return False
+
+    def create_temp(self, directory: str) -> tuple[int, str]:
+        """A new 0600 temp file in ``directory``: its descriptor and path."""
+        path = os.path.join(directory, TEMP_PREFIX + secrets.token_hex(8))
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+        return os.open(path, flags, 0o600), path
+
+    def write(self, fd: int, data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+
+    def fsync(self, fd: int) -> None:
+        os.fsync(fd)
+
+    def close(self, fd: int) -> None:
+        os.close(fd)
+
+    def rename(self, source: str, target: str) -> None:
+        os.rename(source, target)
+
+    def unlink(self, path: str) -> None:
+        os.unlink(path)
+
+    def fsync_dir(self, path: str) -> None:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    def read(self, path: str) -> bytes:
+        """A regular file's bytes, never through a symlink."""
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        try:
+            size = os.fstat(fd).st_size
+            if size > MAX_FILE_SIZE:
+                raise OSError(errno.EFBIG, "larger than the largest cached object", path)
+            chunks = []
+            while chunk := os.read(fd, max(size + 1, 65536)):
+                chunks.append(chunk)
+            return b"".join(chunks)
+        finally:
+            os.close(fd)
+
+    # composite operations, made of the steps above
+
+    def write_temp(self, directory: str, data: bytes) -> str:
+        """Write ``data`` to a new fsynced temp file in ``directory``; its path. On an
+        error the temp file is removed and the error raised."""
+        fd, path = self.create_temp(directory)
+        try:
+            self.write(fd, data)
+            self.fsync(fd)
+        except OSError:
+            _quietly(self.close, fd)
+            _quietly(self.unlink, path)
+            raise
+        except BaseException:
+            _quietly(os.close, fd)
+            raise
+        try:
+            self.close(fd)
+        except OSError:
+            _quietly(self.unlink, path)
+            raise
+        return path
+
+    def write_atomic(self, path: str, data: bytes) -> None:
+        """Replace ``path`` by a file holding ``data``: temp file, fsync, rename (the
+        caller fsyncs the directory). No temp file is left on an error."""
+        temp = self.write_temp(os.path.dirname(path), data)
+        try:
+            self.rename(temp, path)
+        except OSError:
+            _quietly(self.unlink, temp)
+            raise
+
+
+def _quietly(operation: Callable[..., object], *args: Any) -> None:
+    try:
+        operation(*args)
+    except OSError:
+        pass
+
+
+def _describe(exc: OSError, path: str) -> str:
+    code = errno.errorcode.get(exc.errno or 0, "error")
+    text = f"{code}: {exc.strerror or exc}: {path}"
+    return " ".join(text.split())
+
+
+# --- the writer's work -----------------------------------------------------------------
+
+
+@dataclass
+class _Batch:
+    turn: int
+    plain: list[tuple[CacheKey, bytes | None]]
+    group: list[tuple[CacheKey, bytes | None]]
+    documents: list[tuple[str, bytes | None]]
+    waiters: list[defer.Deferred[None]]
+
+
+@dataclass
+class _Loaded:
+    index: ObjectIndex
+    documents: dict[str, bytes]
+    problems: list[tuple[str, str]] = field(default_factory=list)
+    recovered: int = 0
+    seconds: float = 0.0
+
+
+_NEW, _LOADING, _RUNNING, _CLOSING, _CLOSED, _FAILED = (
+    "new",
+    "loading",
+    "running",
+    "closing",
+    "closed",
+    "failed",
+)
+
+
+@implementer(IObjectStore)
+class FilesystemObjectStore:
+    """`IObjectStore` on a directory in OpenYurt's layout, written by one daemon thread.
+
+    ``reactor`` is used only for ``callFromThread``; ``max_pending`` bounds the keys waiting
+    to be written (beyond it writes reach memory only, see `StoreHealth`); ``disk`` replaces
+    the file operations (tests). Call `load` once before anything else; writes made before
+    it has fired are applied again on the loaded view. After `close`, writes change memory
+    only.
+    """
+
+    def __init__(
+        self,
+        directory: str,
+        *,
+        reactor: Any = None,
+        max_pending: int = 10000,
+        disk: _Disk | None = None,
+    ) -> None:
+        if reactor is None:
+            from twisted.internet import reactor as global_reactor
+
+            reactor = global_reactor
+        if max_pending < 1:
+            raise ValueError("max_pending must be at least 1")
+        self.directory = os.path.abspath(directory)
+        self.max_pending = max_pending
+        self.health = StoreHealth(self._pending_count)
+        self._reactor = reactor
+        self._disk = disk if disk is not None else _Disk()
+        self._index = ObjectIndex()
+        self._documents: dict[str, bytes] = {}
+        # Everything below is shared with the writer thread and guarded by _lock.
+        self._lock = threading.Lock()
+        self._wake = threading.Condition(self._lock)
+        self._state = _NEW
+        self._turn = 0
+        self._dirty: dict[CacheKey, None] = {}
+        self._group: dict[CacheKey, None] = {}
+        self._dirty_documents: dict[str, None] = {}
+        self._in_flight = 0
+        self._waiters: list[defer.Deferred[None]] = []
+        # Keys whose file may differ from memory -> the first writer turn that can fix them.
+        self._stale: dict[CacheKey, int] = {}
+        self._stale_documents: dict[str, int] = {}
+        self._stale_cause = ""
+        self._leftover_journals: list[str] = []
+        self._writer_error = ""
+        # Writes made before the loaded view is installed, to apply again on it.
+        self._replay: list[tuple[str, tuple[Any, ...]]] | None = []
+        self._loading: defer.Deferred[None] | None = None
+        self._closing: list[defer.Deferred[None]] = []
+        self._thread: threading.Thread | None = None
+        self._installed = threading.Event()
+        # Writer-thread only.
+        self._known_dirs: set[str] = set()
+        self._error_streak = 0
+
+    def __repr__(self) -> str:
+        return f"<FilesystemObjectStore {self.directory} {len(self._index)} objects {self._state}>"
+
+    # --- paths ---------------------------------------------------------------------
+
+    def path_of(self, key: CacheKey) -> str:
+        """The file of ``key``: always inside the cache directory (keys are validated; this
+        checks again that no part can climb out)."""
+        for part in key.parts:
+            if (
+                not part
+                or part in (".", "..")
+                or "/" in part
+                or "\0" in part
+                or part.startswith(TEMP_PREFIX)
+            ):
+                raise InvalidKey(f"invalid key part {part!r}")
+        return os.path.join(self.directory, *key.parts)
+
+    def document_path(self, name: str) -> str:
+        """The file of a document (`InvalidKey` for an invalid name)."""
+        return os.path.join(self.directory, DOCUMENTS_DIR, check_document_name(name))
+
+    @property
+    def _journal_dir(self) -> str:
+        return os.path.join(self.directory, DOCUMENTS_DIR, JOURNAL_DIR)
+
+    # --- reads ---------------------------------------------------------------------
+
+    def get(self, key: CacheKey) -> bytes | None:
+        """The bytes of the object at ``key``, or None."""
+        return self._index.get(key)
+
+    def list(
+        self, component: str, gvr: GVR, namespace: str | None = None
+    ) -> list[tuple[CacheKey, bytes]]:
+        """``[(key, bytes)]`` of a component's objects of ``gvr`` in ``namespace`` (all if
+        None or ``""``), sorted by namespace and name."""
+        return self._index.list(component, gvr, namespace)
+
+    def components(self) -> builtins.list[str]:
+        """Components that have anything cached."""
+        return self._index.components()
+
+    def get_document(self, name: str) -> bytes | None:
+        """The bytes of a document, or None."""
+        return self._documents.get(name)
+
+    def __len__(self) -> int:
+        return len(self._index)
+
+    # --- writes --------------------------------------------------------------------
+
+    def put(self, key: CacheKey, resource_version: str, data: bytes) -> bool:
+        """Store an object at ``resource_version``; False (nothing written) if the cached
+        copy is as new or newer."""
+        with self._lock:
+            if not self._index.put(key, resource_version, data):
+                return False
+            if self._replay is not None:
+                self._replay.append(("put", (key, resource_version, data)))
+            else:
+                self._changed(key)
+            return True
+
+    def delete(self, key: CacheKey, resource_version: str | None = None) -> None:
+        """Remove an object, unless the cached copy is newer than ``resource_version``."""
+        with self._lock:
+            if self._replay is not None:
+                self._index.delete(key, resource_version)
+                self._replay.append(("delete", (key, resource_version)))
+            elif self._index.delete(key, resource_version):
+                self._changed(key)
+
+    def replace(
+        self,
+        component: str,
+        gvr: GVR,
+        namespace: str | None,
+        objects: Mapping[CacheKey, tuple[str, bytes]],
+        list_resource_version: str,
+        covered: Covered | None = None,
+    ) -> None:
+        """Make ``objects`` the whole set a list covers: objects in it replace cached ones
+        unless those are as new; covered cached objects missing from it are removed unless
+        newer than ``list_resource_version``. The changed keys (and any of this resource's
+        keys left stale by dropped or failed writes) reach disk through one journal, so a
+        crash leaves the old set or the new one."""
+        with self._lock:
+            changed = self._index.replace(
+                component, gvr, namespace, objects, list_resource_version, covered
+            )
+            if self._replay is not None:
+                self._replay.append(
+                    (
+                        "replace",
+                        (component, gvr, namespace, objects, list_resource_version, covered),
+                    )
+                )
+                return
+            if self._state not in (_LOADING, _RUNNING, _CLOSING):
+                return
+            repaired = [k for k in self._stale if k.component == component and k.gvr == gvr]
+            for key in (*changed, *repaired):
+                self._dirty.pop(key, None)
+                self._group[key] = None
+            if changed or repaired:
+                self._wake.notify()
+
+    def put_document(self, name: str, data: bytes) -> None:
+        """Store a document (discovery) under a validated name (`InvalidKey` otherwise)."""
+        check_document_name(name)
+        with self._lock:
+            self._documents[name] = data
+            if self._replay is not None:
+                self._replay.append(("put_document", (name, data)))
+            elif self._state in (_LOADING, _RUNNING, _CLOSING):
+                self._dirty_documents[name] = None
+                self._wake.notify()
+
+    def _changed(self, key: CacheKey) -> None:
+        """Queue a key whose memory state changed (lock held)."""
+        if (
+            self._state not in (_LOADING, _RUNNING, _CLOSING)
+            or key in self._dirty
+            or key in self._group
+        ):
+            return
+        if len(self._dirty) + len(self._group) >= self.max_pending:
+            self.health.dropped += 1
+            self._stale[key] = max(self._stale.get(key, 0), self._turn)
+            self._stale_cause = f"write queue full (more than {self.max_pending} keys waiting); the next list of the resource rewrites them"
+            self._update_health()
+            return
+        self._dirty[key] = None
+        self._wake.notify()
+
+    def _pending_count(self) -> int:
+        return len(self._dirty) + len(self._group) + len(self._dirty_documents) + self._in_flight
+
+    def _update_health(self) -> None:
+        """Recompute the degraded flag and reason (lock held)."""
+        health = self.health
+        health.stale = len(self._stale) + len(self._stale_documents)
+        if self._writer_error:
+            health.degraded, health.reason = True, self._writer_error
+        elif health.stale:
+            health.degraded, health.reason = (
+                True,
+                f"{health.stale} cached objects not on disk: {self._stale_cause}",
+            )
+        elif self._leftover_journals:
+            health.degraded, health.reason = True, "a finished journal could not be removed"
+        else:
+            health.degraded, health.reason = False, ""
+
+    # --- lifecycle -----------------------------------------------------------------
+
+    def load(self) -> defer.Deferred[None]:
+        """Recover from an interrupted write, read the directory into memory (in the writer
+        thread) and start writing. Fires when the store can answer; fails with `StoreError`
+        if the directory cannot be created, written or read."""
+        with self._lock:
+            if self._state != _NEW:
+                return defer.fail(
+                    StoreError(f"cache directory {self.directory}: load() may be called once")
+                )
+            self._state = _LOADING
+        self._loading = defer.Deferred()
+        self._thread = threading.Thread(target=self._run, name="yurthub-cache-writer", daemon=True)
+        self._thread.start()
+        return self._loading
+
+    def flush(self) -> defer.Deferred[None]:
+        """Fires when every write made before the call has been processed (written, or
+        counted as an error). Fails with `StoreError` if the writer has stopped on an
+        unexpected error."""
+        with self._lock:
+            if self._state == _CLOSED:
+                return defer.succeed(None)
+            if self._state == _FAILED:
+                return defer.fail(
+                    StoreError(
+                        self.health.reason or f"cache directory {self.directory} is not in use"
+                    )
+                )
+            d: defer.Deferred[None] = defer.Deferred()
+            self._waiters.append(d)
+            self._wake.notify()
+            return d
+
+    def close(self) -> defer.Deferred[None]:
+        """Finish the pending writes and stop the writer thread; fires when it has."""
+        with self._lock:
+            if self._state in (_CLOSED, _FAILED):
+                return defer.succeed(None)
+            if self._state == _NEW:
+                self._state = _CLOSED
+                self._replay = None
+                return defer.succeed(None)
+            self._state = _CLOSING
+            d: defer.Deferred[None] = defer.Deferred()
+            self._closing.append(d)
+            self._wake.notify()
+            return d
+
+    # --- the writer thread ---------------------------------------------------------
+
+    def _run(self) -> None:
+        try:
+            try:
+                loaded = self._read_directory()
+            except StoreError as exc:
+                self._reactor.callFromThread(self._load_failed, exc)
+                return
+            self._reactor.callFromThread(self._install, loaded)
+            # Writes made while loading are queued by the install, on the loaded view.
+            self._installed.wait()
+            while True:
+                with self._wake:
+                    while not self._has_work() and self._state != _CLOSING:
+                        self._wake.wait()
+                    if not self._has_work():
+                        self._state = _CLOSED
+                        break
+                    batch = self._take_batch()
+                try:
+                    self._write_batch(batch)
+                except Exception:
+                    self._batch_raised(batch, Failure())
+                with self._lock:
+                    self._in_flight = 0
+                if batch.waiters:
+                    self._reactor.callFromThread(_fire, batch.waiters, None)
+            self._reactor.callFromThread(self._writer_stopped)
+        except BaseException as exc:  # the thread is dying: say so, never hang callers
+            self._writer_died(exc)
+
+    def _has_work(self) -> bool:
+        return bool(self._dirty or self._group or self._dirty_documents or self._waiters)
+
+    def _take_batch(self) -> _Batch:
+        """Everything queued, with the bytes memory holds for it now (lock held)."""
+        entry = self._index.get
+        group = [(key, entry(key)) for key in self._group]
+        plain = [(key, entry(key)) for key in self._dirty if key not in self._group]
+        documents = [(name, self._documents.get(name)) for name in self._dirty_documents]
+        batch = _Batch(self._turn, plain, group, documents, self._waiters)
+        self._turn += 1
+        self._in_flight = len(group) + len(plain) + len(documents)
+        self._dirty, self._group, self._dirty_documents, self._waiters = {}, {}, {}, []
+        return batch
+
+    def _write_batch(self, batch: _Batch) -> None:
+        written: builtins.list[CacheKey] = []
+        failed: builtins.list[CacheKey] = []
+        self._retry_journals()
+        if batch.group:
+            ok, bad = self._write_group(batch.turn, batch.group)
+            written += ok
+            failed += bad
+        by_dir: dict[str, builtins.list[CacheKey]] = {}
+        for key, data in batch.plain:
+            path = self.path_of(key)
+            try:
+                changed = self._write_file(path, data)
+            except OSError as exc:
+                self._disk_error(exc, path)
+                failed.append(key)
+                continue
+            if not changed:
+                written.append(key)
+            for directory in changed:
+                by_dir.setdefault(directory, [])
+            if changed:
+                by_dir[changed[-1]].append(key)
+        written_docs: builtins.list[str] = []
+        failed_docs: builtins.list[str] = []
+        doc_dir = os.path.join(self.directory, DOCUMENTS_DIR)
+        for name, doc in batch.documents:
+            path = os.path.join(doc_dir, name)
+            try:
+                for directory in self._write_file(path, doc):
+                    by_dir.setdefault(directory, [])
+                written_docs.append(name)
+            except OSError as exc:
+                self._disk_error(exc, path)
+                failed_docs.append(name)
+        for directory, keys in by_dir.items():
+            try:
+                self._disk.fsync_dir(directory)
+                written += keys
+            except OSError as exc:
+                self._disk_error(exc, directory)
+                failed += keys
+                if directory == doc_dir:
+                    failed_docs += written_docs
+                    written_docs = []
+        self._settle(batch.turn, written, failed, written_docs, failed_docs)
+
+    def _write_file(self, path: str, data: bytes | None) -> builtins.list[str]:
+        """Write or remove one file (``data`` None); the directories the caller must
+        fsync for it to last, the file's own last ([] if there was nothing to remove)."""
+        if data is None:
+            try:
+                self._disk.unlink(path)
+            except FileNotFoundError:
+                return []
+            return [os.path.dirname(path)]
+        changed = self._ensure_dir(os.path.dirname(path))
+        self._disk.write_atomic(path, data)
+        return [*changed, os.path.dirname(path)]
+
+    def _ensure_dir(self, path: str) -> builtins.list[str]:
+        """Create ``path`` and its parents below the cache directory (0700, refusing
+        symlinks); the parents whose entries changed."""
+        if path in self._known_dirs or path == self.directory:
+            return []
+        parent = os.path.dirname(path)
+        changed = self._ensure_dir(parent)
+        if self._disk.makedir(path):
+            changed.append(parent)
+        self._known_dirs.add(path)
+        return changed
+
+    def _write_group(
+        self, turn: int, entries: builtins.list[tuple[CacheKey, bytes | None]]
+    ) -> tuple[builtins.list[CacheKey], builtins.list[CacheKey]]:
+        """Write a replacement through a journal (see the module docstring); the keys now
+        on disk and those that failed."""
+        disk = self._disk
+        renames: builtins.list[tuple[str, str, CacheKey]] = []
+        deletes: builtins.list[tuple[str, CacheKey]] = []
+        journal = os.path.join(self._journal_dir, f"{time.time_ns():020d}-{turn:010d}.json")
+        path = journal
+        try:
+            to_sync: set[str] = set()
+            for key, data in entries:
+                path = self.path_of(key)
+                if data is None:
+                    deletes.append((path, key))
+                    continue
+                parent = os.path.dirname(path)
+                to_sync.update(self._ensure_dir(parent))
+                renames.append((disk.write_temp(parent, data), path, key))
+                to_sync.add(parent)
+            for directory in sorted(to_sync):
+                path = directory
+                disk.fsync_dir(directory)
+            path = journal
+            plan = {
+                "renames": [
+                    [self._relative(temp), self._relative(target)] for temp, target, _ in renames
+                ],
+                "deletes": [self._relative(target) for target, _ in deletes],
+            }
+            disk.write_atomic(journal, json.dumps(plan, separators=(",", ":")).encode())
+            disk.fsync_dir(self._journal_dir)
+        except OSError as exc:
+            self._disk_error(exc, path)
+            for temp, _, _ in renames:
+                _quietly(disk.unlink, temp)
+            return [], [key for key, _ in entries]
+        ok: dict[str, builtins.list[CacheKey]] = {}
+        failed: builtins.list[CacheKey] = []
+        gone: builtins.list[CacheKey] = []
+        for temp, target, key in renames:
+            try:
+                disk.rename(temp, target)
+                ok.setdefault(os.path.dirname(target), []).append(key)
+            except OSError as exc:
+                self._disk_error(exc, target)
+                _quietly(disk.unlink, temp)
+                failed.append(key)
+        for target, key in deletes:
+            try:
+                disk.unlink(target)
+            except FileNotFoundError:
+                gone.append(key)
+                continue
+            except OSError as exc:
+                self._disk_error(exc, target)
+                failed.append(key)
+                continue
+            ok.setdefault(os.path.dirname(target), []).append(key)
+        written: builtins.list[CacheKey] = gone
+        for directory, keys in ok.items():
+            try:
+                disk.fsync_dir(directory)
+                written += keys
+            except OSError as exc:
+                self._disk_error(exc, directory)
+                failed += keys
+        self._remove_journal(journal)
+        return written, failed
+
+    def _remove_journal(self, journal: str) -> None:
+        try:
+            self._disk.unlink(journal)
+            self._disk.fsync_dir(self._journal_dir)
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            # Left in place it would be rolled forward at the next load, undoing later
+            # writes; retried before every turn until it goes.
+            self._disk_error(exc, journal)
+            with self._lock:
+                self._leftover_journals.append(journal)
+                self._update_health()
+
+    def _retry_journals(self) -> None:
+        with self._lock:
+            journals, self._leftover_journals = self._leftover_journals, []
+        for journal in journals:
+            self._remove_journal(journal)
+        if journals:
+            with self._lock:
+                self._update_health()
+
+    def _relative(self, path: str) -> str:
+        return os.path.relpath(path, self.directory).replace(os.sep, "/")
+
+    def _settle(
+        self,
+        turn: int,
+        written: builtins.list[CacheKey],
+        failed: builtins.list[CacheKey],
+        written_docs: builtins.list[str],
+        failed_docs: builtins.list[str],
+    ) -> None:
+        """Record which keys are now on disk and which are stale."""
+        failed_set = set(failed)
+        with self._lock:
+            for key in written:
+                if key not in failed_set and self._stale.get(key, turn + 1) <= turn:
+                    del self._stale[key]
+            for name in written_docs:
+                if self._stale_documents.get(name, turn + 1) <= turn:
+                    del self._stale_documents[name]
+            for key in failed:
+                self._stale[key] = max(self._stale.get(key, 0), turn)
+            for name in failed_docs:
+                self._stale_documents[name] = max(self._stale_documents.get(name, 0), turn)
+            if failed or failed_docs:
+                self._stale_cause = (
+                    "disk errors; a later write or list of the resource rewrites them"
+                )
+            else:
+                self._error_streak = 0
+            self._update_health()
+
+    def _disk_error(self, exc: OSError, path: str) -> None:
+        line = _describe(exc, path)
+        self._known_dirs.clear()
+        with self._lock:
+            self.health.errors += 1
+            self.health.last_error = line
+        self._error_streak += 1
+        if self._error_streak == 1:
+            self._reactor.callFromThread(
+                _log.error,
+                "cache write failed: {error} (counted, not logged again until a turn succeeds)",
+                error=line,
+            )
+
+    def _batch_raised(self, batch: _Batch, failure: Failure) -> None:
+        with self._lock:
+            self.health.errors += 1
+            self.health.last_error = f"cache writer: {failure.getErrorMessage()}"
+        keys = [k for k, _ in batch.group] + [k for k, _ in batch.plain]
+        self._settle(batch.turn, [], keys, [], [n for n, _ in batch.documents])
+        self._reactor.callFromThread(_log.failure, "cache writer turn failed", failure)
+
+    def _writer_died(self, exc: BaseException) -> None:
+        with self._lock:
+            self._state = _FAILED
+            self._writer_error = f"cache writer stopped: {exc!r}"
+            self._update_health()
+            waiters, self._waiters = self._waiters, []
+            closing, self._closing = self._closing, []
+        try:
+            self._reactor.callFromThread(_log.critical, "{reason}", reason=self.health.reason)
+            self._reactor.callFromThread(self._loading_failed, StoreError(self.health.reason))
+            self._reactor.callFromThread(_fire, closing, None)
+            self._reactor.callFromThread(_fire, waiters, StoreError(self.health.reason))
+        except BaseException:  # the reactor is gone too: nothing left to tell
+            pass
+
+    # --- reactor-thread completions ------------------------------------------------
+
+    def _install(self, loaded: _Loaded) -> None:
+        with self._lock:
+            replay, self._replay = self._replay or [], None
+            self._index = loaded.index
+            for name, data in loaded.documents.items():
+                self._documents.setdefault(name, data)
+            self.health.corrupt_files += len(loaded.problems)
+            if self._state == _LOADING:
+                self._state = _RUNNING
+        try:
+            for operation, args in replay:
+                getattr(self, operation)(*args)
+        finally:
+            self._installed.set()
+        for path, why in loaded.problems[:_MAX_LOGGED_PROBLEMS]:
+            _log.warn("cache: skipped {path}: {why}", path=path, why=why)
+        if len(loaded.problems) > _MAX_LOGGED_PROBLEMS:
+            _log.warn(
+                "cache: skipped {count} more entries",
+                count=len(loaded.problems) - _MAX_LOGGED_PROBLEMS,
+            )
+        _log.info(
+            "cache: loaded {objects} objects and {documents} documents from {directory} in {seconds:.3f}s"
+            " ({recovered} interrupted replacements recovered)",
+            objects=len(loaded.index),
+            documents=len(loaded.documents),
+            directory=self.directory,
+            seconds=loaded.seconds,
+            recovered=loaded.recovered,
+        )
+        d, self._loading = self._loading, None
+        if d is not None:
+            d.callback(None)
+
+    def _load_failed(self, exc: StoreError) -> None:
+        with self._lock:
+            self._state = _FAILED
+            self._replay = None
+            self.health.degraded = True
+            self.health.reason = self.health.last_error = str(exc)
+            waiters, self._waiters = self._waiters, []
+            closing, self._closing = self._closing, []
+        _fire(closing, None)
+        _fire(waiters, StoreError(str(exc)))
+        d, self._loading = self._loading, None
+        if d is not None:
+            d.errback(exc)
+
+    def _loading_failed(self, exc: StoreError) -> None:
+        d, self._loading = self._loading, None
+        if d is not None:
+            d.errback(exc)
+
+    def _writer_stopped(self) -> None:
+        closing, self._closing = self._closing, []
+        _fire(closing, None)
+
+    # --- load (writer thread) ------------------------------------------------------
+
+    def _read_directory(self) -> _Loaded:
+        started = time.monotonic()
+        root = self.directory
+        try:
+            if not os.path.isdir(root):
+                os.makedirs(root, 0o700)
+            self._disk.makedir(os.path.join(root, DOCUMENTS_DIR))
+            self._disk.makedir(self._journal_dir)
+            self._disk.unlink(self._disk.write_temp(self._journal_dir, b""))
+        except OSError as exc:
+            raise StoreError(
+                f"cache directory {root} is not usable: {_describe(exc, exc.filename or root)}"
+            ) from exc
+        loaded = _Loaded(ObjectIndex(), {})
+        try:
+            loaded.recovered = self._recover(loaded.problems)
+        except OSError as exc:
+            raise StoreError(
+                f"cache directory {root}: cannot finish an interrupted replacement: {_describe(exc, exc.filename or root)}"
+            ) from exc
+        try:
+            self._walk(loaded)
+        except OSError as exc:
+            raise StoreError(
+                f"cache directory {root} cannot be read: {_describe(exc, exc.filename or root)}"
+            ) from exc
+        loaded.seconds = time.monotonic() - started
+        return loaded
+
+    def _recover(self, problems: builtins.list[tuple[str, str]]) -> int:
+        """Roll complete journals forward, drop the others; how many were applied."""
+        journal_dir = self._journal_dir
+        applied = 0
+        for name in sorted(os.listdir(journal_dir)):
+            path = os.path.join(journal_dir, name)
+            if name.startswith(TEMP_PREFIX):
+                self._disk.unlink(path)
+                continue
+            try:
+                plan = (
+                    self._parse_journal(self._disk.read(path)) if name.endswith(".json") else None
+                )
+            except OSError as exc:
+                plan = None
+                problems.append((path, f"unreadable journal: {exc.strerror}"))
+            if plan is None:
+                problems.append((path, "not a journal; removed without applying it"))
+                self._remove_entry(path)
+                continue
+            renames, deletes = plan
+            present = [os.path.lexists(temp) for temp, _ in renames]
+            first = present.index(True) if True in present else len(present)
+            if not all(present[first:]):
+                problems.append(
+                    (path, "incomplete journal (temp files missing); removed without applying it")
+                )
+                self._disk.unlink(path)
+                continue
+            dirs = set()
+            for temp, target in renames[first:]:
+                self._disk.rename(temp, target)
+                dirs.add(os.path.dirname(target))
+            for target in deletes:
+                try:
+                    self._disk.unlink(target)
+                    dirs.add(os.path.dirname(target))
+                except FileNotFoundError:
+                    pass
+            for directory in sorted(dirs):
+                self._disk.fsync_dir(directory)
+            self._disk.unlink(path)
+            self._disk.fsync_dir(journal_dir)
+            applied += 1
+        return applied
+
+    def _remove_entry(self, path: str) -> None:
+        try:
+            self._disk.unlink(path)
+        except IsADirectoryError:
+            pass
+        except OSError as exc:
+            if exc.errno not in (errno.EISDIR, errno.EPERM):
+                raise
+
+    def _parse_journal(
+        self, data: bytes
+    ) -> tuple[builtins.list[tuple[str, str]], builtins.list[str]] | None:
+        """A journal's renames and deletes as absolute paths, or None unless every path
+        names a cache key (temps: a ``.tmp-`` file beside their target)."""
+        try:
+            plan = json.loads(data)
+            renames = [(str(temp), str(target)) for temp, target in plan["renames"]]
+            deletes = [str(target) for target in plan["deletes"]]
+        except (ValueError, TypeError, KeyError):
+            return None
+        out_renames = []
+        for temp, target in renames:
+            temp_dir, _, temp_name = temp.rpartition("/")
+            if _key_from_relative(target) is None or not temp_name.startswith(TEMP_PREFIX):
+                return None
+            if temp_dir != target.rpartition("/")[0] or "\0" in temp_name:
+                return None
+            out_renames.append(
+                (
+                    os.path.join(self.directory, *temp.split("/")),
+                    os.path.join(self.directory, *target.split("/")),
+                )
+            )
+        out_deletes = []
+        for target in deletes:
+            if _key_from_relative(target) is None:
+                return None
+            out_deletes.append(os.path.join(self.directory, *target.split("/")))
+        return out_renames, out_deletes
+
+    def _walk(self, loaded: _Loaded) -> None:
+        problems = loaded.problems
+        with os.scandir(self.directory) as top:
+            components = sorted(top, key=lambda e: e.name)
+        for entry in components:
+            if entry.name == DOCUMENTS_DIR and entry.is_dir(follow_symlinks=False):
+                self._walk_documents(entry.path, loaded)
+                continue
+            if self._leftover(entry):
+                continue
+            if entry.is_symlink() or not entry.is_dir(follow_symlinks=False):
+                problems.append(
+                    (entry.path, "symlink" if entry.is_symlink() else "not a component directory")
+                )
+                continue
+            try:
+                check_component(entry.name)
+            except InvalidKey as exc:
+                problems.append((entry.path, str(exc)))
+                continue
+            self._walk_component(entry.name, entry.path, loaded)
+
+    def _walk_component(self, component: str, path: str, loaded: _Loaded) -> None:
+        problems = loaded.problems
+        for entry in _scan(path, problems):
+            if self._leftover(entry):
+                continue
+            if entry.is_symlink() or not entry.is_dir(follow_symlinks=False):
+                problems.append(
+                    (entry.path, "symlink" if entry.is_symlink() else "not a resource directory")
+                )
+                continue
+            try:
+                gvr = GVR.from_dirname(entry.name)
+            except InvalidKey as exc:
+                problems.append((entry.path, str(exc)))
+                continue
+            for item in _scan(entry.path, problems):
+                if self._leftover(item):
+                    continue
+                if item.is_symlink():
+                    problems.append((item.path, "symlink"))
+                elif item.is_dir(follow_symlinks=False):
+                    self._walk_namespace(component, gvr, item.name, item.path, loaded)
+                else:
+                    self._read_object(component, gvr, "", item, loaded)
+
+    def _walk_namespace(
+        self, component: str, gvr: GVR, namespace: str, path: str, loaded: _Loaded
+    ) -> None:
+        try:
+            CacheKey(component, gvr, namespace, "x")
+        except InvalidKey as exc:
+            loaded.problems.append((path, str(exc)))
+            return
+        for item in _scan(path, loaded.problems):
+            if self._leftover(item):
+                continue
+            if item.is_symlink() or item.is_dir(follow_symlinks=False):
+                loaded.problems.append(
+                    (item.path, "symlink" if item.is_symlink() else "unexpected directory")
+                )
+            else:
+                self._read_object(component, gvr, namespace, item, loaded)
+
+    def _read_object(
+        self, component: str, gvr: GVR, namespace: str, entry: os.DirEntry[str], loaded: _Loaded
+    ) -> None:
+        try:
+            key = CacheKey(component, gvr, namespace, entry.name)
+        except InvalidKey as exc:
+            loaded.problems.append((entry.path, str(exc)))
+            return
+        if not entry.is_file(follow_symlinks=False):
+            loaded.problems.append((entry.path, "not a regular file"))
+            return
+        try:
+            data = self._disk.read(entry.path)
+        except OSError as exc:
+            loaded.problems.append((entry.path, f"unreadable: {exc.strerror}"))
+            return
+        rv = _resource_version(data)
+        if isinstance(rv, _Corrupt):
+            loaded.problems.append((entry.path, rv.why))
+            return
+        loaded.index.set(key, rv, data)
+
+    def _walk_documents(self, path: str, loaded: _Loaded) -> None:
+        for entry in _scan(path, loaded.problems):
+            if entry.name == JOURNAL_DIR and entry.is_dir(follow_symlinks=False):
+                continue
+            if self._leftover(entry):
+                continue
+            if entry.is_symlink() or not entry.is_file(follow_symlinks=False):
+                loaded.problems.append(
+                    (entry.path, "symlink" if entry.is_symlink() else "not a document file")
+                )
+                continue
+            try:
+                check_document_name(entry.name)
+                loaded.documents[entry.name] = self._disk.read(entry.path)
+            except InvalidKey as exc:
+                loaded.problems.append((entry.path, str(exc)))
+            except OSError as exc:
+                loaded.problems.append((entry.path, f"unreadable: {exc.strerror}"))
+
+    def _leftover(self, entry: os.DirEntry[str]) -> bool:
+        """Delete a temp file no journal took; True if ``entry`` was one."""
+        if not entry.name.startswith(TEMP_PREFIX) or entry.is_dir(follow_symlinks=False):
+            return False
+        self._disk.unlink(entry.path)
+        return True
+
+
+class _Corrupt:
+    __slots__ = ("why",)
+
+    def __init__(self, why: str) -> None:
+        self.why = why
+
+
+def _resource_version(data: bytes) -> str | _Corrupt:
+    """The resourceVersion of a cached file's object, or why it cannot be one."""
+    if not data or data.isspace():
+        return _Corrupt("empty file")
+    try:
+        obj = json.loads(data)
+    except ValueError:
+        return _Corrupt("not JSON")
+    if not isinstance(obj, dict):
+        return _Corrupt("not a JSON object")
+    meta = obj.get("metadata")
+    if not isinstance(meta, dict):
+        return _Corrupt("no metadata")
+    rv = meta.get("resourceVersion")
+    if rv is None or rv == "":
+        return "0"
+    return rv if isinstance(rv, str) else str(rv)
+
+
+def _scan(path: str, problems: list[tuple[str, str]]) -> list[os.DirEntry[str]]:
+    try:
+        with os.scandir(path) as entries:
+            return sorted(entries, key=lambda e: e.name)
+    except OSError as exc:
+        problems.append((path, f"unreadable directory: {exc.strerror}"))
+        return []
+
+
+def _key_from_relative(path: str) -> CacheKey | None:
+    parts = path.split("/")
+    try:
+        if len(parts) == 3:
+            return CacheKey(parts[0], GVR.from_dirname(parts[1]), "", parts[2])
+        if len(parts) == 4:
+            return CacheKey(parts[0], GVR.from_dirname(parts[1]), parts[2], parts[3])
+    except InvalidKey:
+        return None
+    return None
+
+
+def _fire(deferreds: list[defer.Deferred[None]], error: Exception | None) -> None:
+    for d in deferreds:
+        if error is None:
+            d.callback(None)
+        else:
+            d.errback(error)
