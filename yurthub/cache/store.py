@@ -726,6 +726,7 @@ class FilesystemObjectStore:
     # --- the writer thread ---------------------------------------------------------
 
     def _run(self) -> None:
+        batch: _Batch | None = None
         try:
             try:
                 loaded = self._read_directory()
@@ -749,11 +750,12 @@ class FilesystemObjectStore:
                     self._batch_raised(batch, Failure())
                 with self._lock:
                     self._in_flight = 0
-                if batch.waiters:
-                    self._reactor.callFromThread(_fire, batch.waiters, None)
+                waiters, batch = batch.waiters, None
+                if waiters:
+                    self._reactor.callFromThread(_fire, waiters, None)
             self._reactor.callFromThread(self._writer_stopped)
         except BaseException as exc:  # the thread is dying: say so, never hang callers
-            self._writer_died(exc)
+            self._writer_died(exc, batch.waiters if batch is not None else [])
 
     def _has_work(self) -> bool:
         return bool(self._dirty or self._group or self._dirty_documents or self._waiters)
@@ -990,12 +992,12 @@ class FilesystemObjectStore:
         self._settle(batch.turn, [], keys, [], [n for n, _ in batch.documents])
         self._reactor.callFromThread(_log.failure, "cache writer turn failed", failure)
 
-    def _writer_died(self, exc: BaseException) -> None:
+    def _writer_died(self, exc: BaseException, waiters: builtins.list[defer.Deferred[None]]) -> None:
         with self._lock:
             self._state = _FAILED
             self._writer_error = f"cache writer stopped: {exc!r}"
             self._update_health()
-            waiters, self._waiters = self._waiters, []
+            waiters, self._waiters = waiters + self._waiters, []
             closing, self._closing = self._closing, []
         try:
             self._reactor.callFromThread(_log.critical, "{reason}", reason=self.health.reason)
