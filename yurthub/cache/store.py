@@ -966,9 +966,14 @@ class FilesystemObjectStore:
                 self._stale_cause = (
                     "disk errors; a later write or list of the resource rewrites them"
                 )
-            else:
-                self._error_streak = 0
             self._update_health()
+        if (written or written_docs) and not (failed or failed_docs) and self._error_streak:
+            self._reactor.callFromThread(
+                _log.info,
+                "cache writes succeed again after {count} failed disk operations",
+                count=self._error_streak,
+            )
+            self._error_streak = 0
 
     def _disk_error(self, exc: OSError, path: str) -> None:
         line = _describe(exc, path)
@@ -992,7 +997,9 @@ class FilesystemObjectStore:
         self._settle(batch.turn, [], keys, [], [n for n, _ in batch.documents])
         self._reactor.callFromThread(_log.failure, "cache writer turn failed", failure)
 
-    def _writer_died(self, exc: BaseException, waiters: builtins.list[defer.Deferred[None]]) -> None:
+    def _writer_died(
+        self, exc: BaseException, waiters: builtins.list[defer.Deferred[None]]
+    ) -> None:
         with self._lock:
             self._state = _FAILED
             self._writer_error = f"cache writer stopped: {exc!r}"
@@ -1020,7 +1027,10 @@ class FilesystemObjectStore:
                 self._state = _RUNNING
         try:
             for operation, args in replay:
-                getattr(self, operation)(*args)
+                try:
+                    getattr(self, operation)(*args)
+                except Exception:
+                    _log.failure("cache: a write made while loading failed on the loaded view")
         finally:
             self._installed.set()
         for path, why in loaded.problems[:_MAX_LOGGED_PROBLEMS]:
