@@ -6,6 +6,7 @@ sees a clean reactor after each test.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from typing import Any
 
@@ -38,9 +39,13 @@ def hub_config(servers: list[str], **sections: Any) -> Any:
     return parse_config(document, "test")
 
 
-async def start_hub(test: TestCase, servers: list[str], *, credentials: Any = None, **sections: Any) -> YurtHub:
-    """Start a yurthub in this process; stopped by the test's cleanup."""
-    hub = YurtHub(hub_config(servers, **sections), reactor, credentials=credentials)
+async def start_hub(
+    test: TestCase, servers: list[str], *, credentials: Any = None, store: Any = None, **sections: Any
+) -> YurtHub:
+    """Start a yurthub in this process, caching in a fresh directory unless ``cache`` says
+    otherwise; stopped by the test's cleanup."""
+    sections.setdefault("cache", {"dir": os.path.abspath(test.mktemp())})
+    hub = YurtHub(hub_config(servers, **sections), reactor, credentials=credentials, store=store)
     hub.startService()
     test.addCleanup(hub.stopService)
     await hub.started()

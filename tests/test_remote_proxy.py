@@ -260,16 +260,22 @@ class StreamingTests(ProxyTestCase):
 class UnavailableTests(TestCase):
     """No reachable backend: a Status, and failover to the next for idempotent requests."""
 
-    async def test_no_reachable_backend_answers_503_status(self) -> None:
+    async def test_no_reachable_backend_answers_locally(self) -> None:
         endpoint = TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1")
         port = await endpoint.listen(Factory.forProtocol(Protocol))
         dead = port.getHost().port
         await port.stopListening()
         hub = await start_hub(self, [f"http://127.0.0.1:{dead}"])
-        code, headers, data = await fetch(self, b"GET", f"http://127.0.0.1:{hub.port_of('listen.proxy')}/api/v1/pods")
+        base = f"http://127.0.0.1:{hub.port_of('listen.proxy')}"
+        code, headers, data = await fetch(self, b"GET", base + "/api/v1/pods")
         status = json.loads(data)
-        self.assertEqual((code, status["kind"], status["code"], status["reason"]), (503, "Status", 503, "ServiceUnavailable"))
+        # Offline answers: a list never cached is a NotFound Status ...
+        self.assertEqual((code, status["kind"], status["code"], status["reason"]), (404, "Status", 404, "NotFound"))
         self.assertFalse(hub.backends[0].healthy)
+        # ... and what only the cloud can answer is a ServiceUnavailable one.
+        code, headers, data = await fetch(self, b"GET", base + "/logs/")
+        status = json.loads(data)
+        self.assertEqual((code, status["reason"]), (503, "ServiceUnavailable"))
 
     async def test_get_is_retried_on_the_next_backend_when_one_refuses(self) -> None:
         endpoint = TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1")

@@ -11,17 +11,20 @@ from __future__ import annotations
 from typing import Any
 
 from twisted.application.service import MultiService, Service
-from twisted.internet import defer, ssl
+from twisted.internet import defer, ssl, threads
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.interfaces import IListeningPort, IProtocolFactory, IReactorCore
 from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.web.server import Site
 
+from yurthub.cache.manager import CacheManager
+from yurthub.cache.store import FilesystemObjectStore
 from yurthub.config import Config, describe
-from yurthub.hub import BackendsReachable, Flag, make_hub_root
-from yurthub.interfaces import ICredentialSource
+from yurthub.hub import BackendsReachable, Flag, StoreHealthy, make_hub_root
+from yurthub.interfaces import ICredentialSource, IObjectStore
 from yurthub.metrics import ProxyMetrics
+from yurthub.proxy.local import LocalProxy
 from yurthub.proxy.remote import RemoteProxy
 from yurthub.proxy.root import ProxyRoot, ProxySite, make_site
 from yurthub.proxy.upgrade import UpgradeSplicer
@@ -100,23 +103,49 @@ def serving_tls_factory(cert_file: str, key_file: str, site: Site) -> TLSMemoryB
 class YurtHub(MultiService):
     """One yurthub: proxy listeners, hub listener, remote proxy and health checker."""
 
-    def __init__(self, config: Config, reactor: Any, *, credentials: ICredentialSource | None = None) -> None:
+    def __init__(
+        self,
+        config: Config,
+        reactor: Any,
+        *,
+        credentials: ICredentialSource | None = None,
+        store: IObjectStore | None = None,
+    ) -> None:
         super().__init__()
         self.config = config
         self.reactor = reactor
         self.metrics = ProxyMetrics()
-        self.backends = [Backend(url) for url in config.servers]
+        self.backends = [Backend(url, on_change=self._backend_changed) for url in config.servers]
         self.selector = make_selector(config.load_balancing, self.backends)
         certs = config.certificates
         self.credentials = credentials or FileCredentials.from_files(certs.ca_file, certs.cert_file, certs.key_file)
         node_endpoints = BackendEndpointFactory(reactor, self.credentials, with_client_certificate=True)
         token_endpoints = BackendEndpointFactory(reactor, self.credentials, with_client_certificate=False)
-        self.remote = RemoteProxy(reactor, self.selector, node_endpoints, token_endpoints, self.metrics)
+        self.store = store if store is not None else FilesystemObjectStore(config.cache.dir, reactor=reactor)
+        self.cache = CacheManager(
+            self.store,
+            config.cache.agents,
+            self.metrics,
+            run_in_thread=lambda f, *args: threads.deferToThreadPool(reactor, reactor.getThreadPool(), f, *args),
+        )
+        self.local = LocalProxy(self.cache, reactor)
+        self.loading: defer.Deferred[Any] = defer.succeed(None)
+        self._wanted = False
+        self._stopped = False
+        self.remote = RemoteProxy(
+            reactor, self.selector, node_endpoints, token_endpoints, self.metrics, cache=self.cache
+        )
         self.upgrades = UpgradeSplicer(reactor, self.selector, node_endpoints, token_endpoints, self.metrics)
         self.health = HealthChecker(reactor, self.backends, node_endpoints, config.health_check, self.metrics)
-        self.root = ProxyRoot(self.remote, self.upgrades, self.metrics)
+        self.root = ProxyRoot(self.remote, self.upgrades, self.metrics, unavailable=self.local.answer)
         self.listening = Flag("listeners", "proxy listener not bound yet")
-        self.checks = [self.listening, BackendsReachable(self.backends)]
+        self.cache_loaded = Flag("cache-loaded", "the cache is being read from disk")
+        self.checks = [
+            self.listening,
+            self.cache_loaded,
+            StoreHealthy(self.store),
+            BackendsReachable(self.backends, offline_ok=lambda: self.cache_loaded.ok),
+        ]
         self.proxy_site: ProxySite = make_site(self.root, leaf=True)
         self.sites = [self.proxy_site]
         self.listeners: dict[str, Listener] = {}
@@ -146,15 +175,19 @@ class YurtHub(MultiService):
         """The bound port of ``listen.proxy``, ``listen.secureProxy`` or ``listen.hub``."""
         return self.listeners[key].bound_port
 
+    def _backend_changed(self, backend: Backend) -> None:
+        self.metrics.backend_healthy.labels(backend.url).set(1 if backend.healthy else 0)
+        if backend.healthy:
+            # Offline watches end as soon as the cloud is back, so clients re-watch there.
+            self.local.cloud_is_back()
+
     def startService(self) -> None:  # noqa: N802
         for warning in describe(self.config):
             _log.warn("{text}", text=warning)
-        super().startService()
-        proxy = self.listeners.get("listen.proxy") or self.listeners.get("listen.secureProxy")
-        if proxy is not None:
-            proxy.listening.addCallback(lambda _: setattr(self.listening, "ok", True))
-        else:
-            self.listening.ok = True
+        # Listeners open once the cache is in memory: nothing is answered from half of it.
+        self._wanted = True
+        self.loading = self.store.load()
+        self.loading.addCallbacks(self._loaded, self._load_failed)
         self.health.start()
         _log.info(
             "yurthub for node {node} proxying to {servers} ({mode})",
@@ -163,13 +196,40 @@ class YurtHub(MultiService):
             mode=self.config.load_balancing,
         )
 
+    def _load_failed(self, failure: Any) -> None:
+        _log.critical("cannot use the cache directory: {err}", err=failure.getErrorMessage())
+        for listener in self.listeners.values():
+            if not listener.listening.called:
+                listener.listening.errback(failure)
+                listener.listening.addErrback(lambda _: None)
+        if IReactorCore.providedBy(self.reactor) and self.reactor.running:
+            self.reactor.stop()
+
+    def _loaded(self, _: object) -> None:
+        self.cache_loaded.ok = True
+        if not self._wanted:  # stopped while loading
+            return
+        super().startService()
+        proxy = self.listeners.get("listen.proxy") or self.listeners.get("listen.secureProxy")
+        if proxy is not None:
+            proxy.listening.addCallback(lambda _: setattr(self.listening, "ok", True))
+        else:
+            self.listening.ok = True
+
     @defer.inlineCallbacks
     def stopService(self):  # type: ignore[no-untyped-def]  # noqa: N802
-        yield defer.maybeDeferred(super().stopService)
+        if self._stopped:
+            return
+        self._stopped = True
+        self._wanted = False
+        if self.running:
+            yield defer.maybeDeferred(super().stopService)
         for site in self.sites:
             site.close_connections()
         yield self.health.stop()
         yield self.remote.close()
+        yield self.loading
+        yield self.store.close()
 
     def started(self) -> defer.Deferred[Any]:
         """Fires when every listener is bound (errbacks if one cannot bind)."""

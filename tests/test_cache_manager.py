@@ -1,0 +1,135 @@
+"""Tests for yurthub/cache/manager.py: what is cached and how answers are applied."""
+
+from __future__ import annotations
+
+import json
+
+from twisted.trial.unittest import SynchronousTestCase
+from twisted.web.http_headers import Headers
+from twisted.web.server import Request
+from twisted.web.test.requesthelper import DummyChannel
+
+from tests.offline_support import feed_answer, make_manager, pod, pod_list
+from yurthub.cache.keys import GVR, CacheKey
+from yurthub.cache.manager import accepts_json, decode_list
+from yurthub.requestinfo import parse_request_info
+
+PODS = GVR("", "v1", "pods")
+
+
+def cached_names(manager, component="kubelet", namespace=None):  # type: ignore[no-untyped-def]
+    return sorted(key.name for key, _ in manager.store.list(component, PODS, namespace))
+
+
+class CacheabilityTests(SynchronousTestCase):
+    """Which requests are cached."""
+
+    def test_rules(self) -> None:
+        manager = make_manager()
+        cases = [
+            (b"GET", b"/api/v1/pods", b"kubelet/v1.31", True),
+            (b"GET", b"/api/v1/pods?watch=1", b"kube-proxy/v1.31", True),
+            (b"PUT", b"/api/v1/nodes/edge-1/status", b"kubelet/v1.31", True),
+            (b"PATCH", b"/api/v1/namespaces/d/pods/p", b"kubelet/v1.31", True),
+            (b"POST", b"/api/v1/namespaces/d/events", b"kubelet/v1.31", True),
+            (b"GET", b"/api/v1/pods", b"kubectl/v1.32", False),  # not an agent
+            (b"DELETE", b"/api/v1/namespaces/d/pods/p", b"kubelet/v1.31", False),
+            (b"GET", b"/api/v1/namespaces/d/pods/p/log", b"kubelet/v1.31", False),
+            (b"POST", b"/apis/certificates.k8s.io/v1/certificatesigningrequests", b"kubelet/v1.31", False),
+            (b"POST", b"/apis/authorization.k8s.io/v1/subjectaccessreviews", b"kubelet/v1.31", False),
+            (b"POST", b"/apis/authentication.k8s.io/v1/tokenreviews", b"kubelet/v1.31", False),
+        ]
+        for method, path, agent, expected in cases:
+            self.assertEqual(manager.cacheable(parse_request_info(method, path, agent)), expected, (method, path, agent))
+
+    def test_star_caches_every_component(self) -> None:
+        manager = make_manager(("*",))
+        self.assertTrue(manager.cacheable(parse_request_info(b"GET", b"/api/v1/pods", b"my-operator/1.0")))
+        self.assertFalse(manager.cacheable(parse_request_info(b"GET", b"/api/v1/pods", b"../../etc/1.0")))
+
+    def test_json_is_asked_for_when_the_client_accepts_it(self) -> None:
+        manager = make_manager()
+        info = parse_request_info(b"GET", b"/api/v1/pods", b"kubelet/v1.31")
+        request = Request(DummyChannel())
+        request.requestHeaders = Headers({b"accept": [b"application/vnd.kubernetes.protobuf, application/json"]})
+        self.assertIsNotNone(manager.tee_for(info, request))
+        self.assertEqual(request.requestHeaders.getRawHeaders(b"accept"), [b"application/json"])
+        request.requestHeaders = Headers({b"accept": [b"application/vnd.kubernetes.protobuf"]})
+        self.assertIsNone(manager.tee_for(info, request))  # protobuf-only: proxied uncached
+
+    def test_accepts_json(self) -> None:
+        self.assertTrue(accepts_json(None))
+        self.assertTrue(accepts_json(b"*/*"))
+        self.assertTrue(accepts_json(b"application/vnd.kubernetes.protobuf, application/json"))
+        self.assertFalse(accepts_json(b"application/json;as=Table;v=v1;g=meta.k8s.io"))
+        self.assertFalse(accepts_json(b"application/vnd.kubernetes.protobuf"))
+
+
+class ApplyTests(SynchronousTestCase):
+    """Lists replace what they cover; watch events apply in order; bad answers change nothing."""
+
+    def test_list_replaces_the_namespace_it_covers(self) -> None:
+        manager = make_manager()
+        feed_answer(manager, b"GET", b"/api/v1/pods", pod_list(pod("a"), pod("b"), pod("c", namespace="kube-system")))
+        feed_answer(manager, b"GET", b"/api/v1/namespaces/default/pods", pod_list(pod("a", rv=11), rv=200))
+        self.assertEqual(cached_names(manager), ["a", "c"])
+
+    def test_selector_list_replaces_only_matching_objects(self) -> None:
+        manager = make_manager()
+        feed_answer(manager, b"GET", b"/api/v1/pods", pod_list(pod("a", app="web"), pod("b", app="db")))
+        feed_answer(manager, b"GET", b"/api/v1/pods?labelSelector=app%3Dweb", pod_list(rv=200))
+        self.assertEqual(cached_names(manager), ["b"])
+
+    def test_list_items_get_kind_and_api_version(self) -> None:
+        items, rv = decode_list(json.dumps(pod_list(pod("a"), rv=7)).encode(), "kubelet", PODS, "")
+        self.assertEqual(rv, "7")
+        obj = json.loads(items[0][2])
+        self.assertEqual((obj["kind"], obj["apiVersion"]), ("Pod", "v1"))
+
+    def test_truncated_or_garbage_answers_change_nothing(self) -> None:
+        manager = make_manager()
+        feed_answer(manager, b"GET", b"/api/v1/pods", pod_list(pod("a"), pod("b")))
+        feed_answer(manager, b"GET", b"/api/v1/pods", b'{"kind":"PodList","items":[{"metadata":')
+        feed_answer(manager, b"GET", b"/api/v1/pods", b"<html>oops</html>")
+        self.assertEqual(cached_names(manager), ["a", "b"])
+        self.assertIn(b'yurthub_cache_errors_total{kind="decode"} 2.0', manager._metrics.render())
+
+    def test_abandoned_answer_changes_nothing(self) -> None:
+        manager = make_manager()
+        info = parse_request_info(b"GET", b"/api/v1/pods", b"kubelet/v1")
+        request = Request(DummyChannel())
+        tee = manager.tee_for(info, request)
+        assert tee is not None
+        tee.start(200, b"application/json")
+        tee.feed(json.dumps(pod_list(pod("x"))).encode())
+        tee.abandon()
+        tee.finish()
+        self.assertEqual(cached_names(manager), [])
+
+    def test_watch_events_apply_in_order_across_chunk_boundaries(self) -> None:
+        manager = make_manager()
+        events = [
+            {"type": "ADDED", "object": {"kind": "Pod", "apiVersion": "v1", **pod("a", rv=20)}},
+            {"type": "ADDED", "object": {"kind": "Pod", "apiVersion": "v1", **pod("b", rv=21)}},
+            {"type": "MODIFIED", "object": {"kind": "Pod", "apiVersion": "v1", **pod("a", rv=22, changed="yes")}},
+            {"type": "BOOKMARK", "object": {"kind": "Pod", "apiVersion": "v1", "metadata": {"resourceVersion": "23"}}},
+            {"type": "DELETED", "object": {"kind": "Pod", "apiVersion": "v1", **pod("b", rv=24)}},
+        ]
+        stream = b"".join(json.dumps(e).encode() + b"\n" for e in events)
+        feed_answer(manager, b"GET", b"/api/v1/pods?watch=true", stream, chunks=37)
+        self.assertEqual(cached_names(manager), ["a"])
+        data = manager.store.get(CacheKey("kubelet", PODS, "default", "a"))
+        self.assertEqual(json.loads(data)["metadata"]["labels"], {"changed": "yes"})
+
+    def test_older_object_never_replaces_newer(self) -> None:
+        manager = make_manager()
+        feed_answer(manager, b"GET", b"/api/v1/namespaces/default/pods/a", {"kind": "Pod", **pod("a", rv=50, v="new")})
+        feed_answer(manager, b"GET", b"/api/v1/namespaces/default/pods/a", {"kind": "Pod", **pod("a", rv=40, v="old")})
+        data = manager.store.get(CacheKey("kubelet", PODS, "default", "a"))
+        self.assertEqual(json.loads(data)["metadata"]["labels"], {"v": "new"})
+
+    def test_path_traversal_names_are_never_cached(self) -> None:
+        manager = make_manager()
+        for name in ("../../etc/passwd", "a/b", "..", "x" * 300):
+            feed_answer(manager, b"GET", b"/api/v1/namespaces/default/pods/x", {"kind": "Pod", **pod(name)})
+        self.assertEqual(cached_names(manager), [])
