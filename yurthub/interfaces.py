@@ -75,6 +75,9 @@ class IObjectStore(Interface):
         ``covered(key, bytes)`` holds (all if None). Cached objects newer than the list
         are kept. Crash-safe: after a crash the set is the old one or the new one."""
 
+    def components():  # noqa: N805
+        """The components that have anything cached, sorted."""
+
     def put_document(name, data):  # noqa: N805
         """Store a non-object document (discovery) under a validated name."""
 

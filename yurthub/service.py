@@ -18,6 +18,7 @@ from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.web.server import Site
 
+from yurthub.cache.gc import CacheJanitor
 from yurthub.cache.manager import CacheManager
 from yurthub.cache.store import FilesystemObjectStore
 from yurthub.config import Config, describe
@@ -136,6 +137,7 @@ class YurtHub(MultiService):
             reactor, self.selector, node_endpoints, token_endpoints, self.metrics, cache=self.cache
         )
         self.upgrades = UpgradeSplicer(reactor, self.selector, node_endpoints, token_endpoints, self.metrics)
+        self.janitor = CacheJanitor(reactor, self.store, self.selector, self.remote.node_agent)
         self.health = HealthChecker(reactor, self.backends, node_endpoints, config.health_check, self.metrics)
         self.root = ProxyRoot(self.remote, self.upgrades, self.metrics, unavailable=self.local.answer)
         self.listening = Flag("listeners", "proxy listener not bound yet")
@@ -180,6 +182,11 @@ class YurtHub(MultiService):
         if backend.healthy:
             # Offline watches end as soon as the cloud is back, so clients re-watch there.
             self.local.cloud_is_back()
+            self._collect_pods()
+
+    def _collect_pods(self) -> None:
+        if self.cache_loaded.ok and not self.janitor.pods_collected and not self._stopped:
+            self.janitor.collect_pods().addErrback(lambda f: _log.failure("pod collection failed", f))
 
     def startService(self) -> None:  # noqa: N802
         for warning in describe(self.config):
@@ -209,6 +216,8 @@ class YurtHub(MultiService):
         self.cache_loaded.ok = True
         if not self._wanted:  # stopped while loading
             return
+        self.janitor.start()
+        self.reactor.callLater(0, self._collect_pods)
         super().startService()
         proxy = self.listeners.get("listen.proxy") or self.listeners.get("listen.secureProxy")
         if proxy is not None:
@@ -227,6 +236,7 @@ class YurtHub(MultiService):
         for site in self.sites:
             site.close_connections()
         yield self.health.stop()
+        self.janitor.stop()
         yield self.remote.close()
         yield self.loading
         yield self.store.close()

@@ -232,8 +232,7 @@ class CacheManager:
 
     def components(self) -> list[str]:
         """Components that have anything cached."""
-        lister = getattr(self.store, "components", None)
-        return list(lister()) if lister is not None else sorted(self.agents - {"*"})
+        return list(self.store.components())
 
 
 def _encode(obj: Any) -> bytes:

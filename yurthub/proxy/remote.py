@@ -228,6 +228,11 @@ class RemoteProxy:
             return
         _Exchange(self, request, info, backends, on_unavailable).start()
 
+    @property
+    def node_agent(self) -> BackendAgent:
+        """The agent whose connections present the node's client certificate."""
+        return self._node_agent
+
     # used by _Exchange
     def agent_for(self, request: Request) -> BackendAgent:
         return self._token_agent if has_bearer_token(request.requestHeaders) else self._node_agent

@@ -1,0 +1,123 @@
+"""Cache housekeeping: kubelet pods gone from the cloud, and events past their life.
+
+`CacheJanitor.collect_pods` runs once, the first time the cloud is healthy after start-up:
+it asks the cloud (as the node) for each pod kubelet has cached and removes those the cloud
+answers 404 for, so a node that was offline while its pods were deleted does not restart
+them from the cache on the next offline reboot. It never removes every cached pod at once:
+if the cloud denies all of them, that looks like the wrong cluster or a broken cloud, and
+it keeps them and says so.
+
+`expire_events` drops cached events older than `EVENT_TTL` (kube-apiserver's default event
+TTL), including the ones created offline; a `LoopingCall` runs it, and a failure is
+logged without stopping the loop.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from twisted.internet import defer
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+from twisted.web.client import readBody
+from twisted.web.http_headers import Headers
+
+from yurthub.cache.keys import GVR, CacheKey
+from yurthub.interfaces import IObjectStore, IUpstreamSelector
+from yurthub.kube.meta import parse_timestamp
+
+_log = Logger()
+
+PODS = GVR("", "v1", "pods")
+EVENTS = GVR("", "v1", "events")
+EVENT_TTL = 3600.0
+
+
+class CacheJanitor:
+    """Removes cached objects that no longer deserve to be served."""
+
+    def __init__(self, clock: IReactorTime, store: IObjectStore, selector: IUpstreamSelector, agent: Any) -> None:
+        self._clock = clock
+        self._store = store
+        self._selector = selector
+        self._agent = agent
+        self._events_loop: LoopingCall | None = None
+        self.pods_collected = False
+
+    def start(self, interval: float = 600.0) -> None:
+        """Expire events now and every ``interval`` seconds."""
+        self._events_loop = LoopingCall(self._expire_safely)
+        self._events_loop.clock = self._clock
+        self._events_loop.start(interval, now=True)
+
+    def stop(self) -> None:
+        if self._events_loop is not None and self._events_loop.running:
+            self._events_loop.stop()
+
+    def _expire_safely(self) -> None:
+        try:
+            self.expire_events()
+        except Exception:
+            _log.failure("expiring cached events failed; will try again")
+
+    def expire_events(self) -> int:
+        """Remove cached events last seen more than `EVENT_TTL` ago; returns how many."""
+        now = self._clock.seconds()
+        removed = 0
+        for component in self._store.components():
+            for key, data in self._store.list(component, EVENTS, None):
+                try:
+                    event = json.loads(data)
+                except ValueError:
+                    continue
+                stamps = [
+                    parse_timestamp(str(event.get(field) or ""))
+                    for field in ("lastTimestamp", "eventTime", "firstTimestamp")
+                ]
+                stamps.append(parse_timestamp(str((event.get("metadata") or {}).get("creationTimestamp") or "")))
+                seen = max((s for s in stamps if s is not None), default=None)
+                if seen is None or now - seen > EVENT_TTL:
+                    self._store.delete(key)
+                    removed += 1
+        return removed
+
+    @defer.inlineCallbacks
+    def collect_pods(self):  # type: ignore[no-untyped-def]
+        """Ask the cloud about each pod kubelet cached; remove the ones it no longer has.
+        Returns how many were removed (0 when it refused to remove them all)."""
+        if self.pods_collected:
+            return 0
+        cached = [key for key, _ in self._store.list("kubelet", PODS, None)]
+        gone: list[CacheKey] = []
+        for key in cached:
+            backends = self._selector.backends_for(None)
+            if not backends:
+                return 0  # offline again: try another time
+            target = f"/api/v1/namespaces/{key.namespace}/pods/{key.name}".encode()
+            try:
+                response = yield self._agent.request_to(
+                    backends[0], b"GET", target, Headers({b"user-agent": [b"yurthub/gc"], b"accept": [b"application/json"]}), None
+                )
+                yield readBody(response)
+            except Exception as e:
+                _log.info("pod collection paused: {err}", err=str(e))
+                return 0
+            if response.code == 404:
+                gone.append(key)
+            elif response.code >= 300:
+                _log.info("pod collection paused: the cloud answered {code}", code=response.code)
+                return 0
+        self.pods_collected = True
+        if gone and len(gone) == len(cached):
+            _log.warn(
+                "the cloud has none of the {n} pods kubelet cached; keeping them (wrong cluster or broken cloud?)",
+                n=len(cached),
+            )
+            return 0
+        for key in gone:
+            self._store.delete(key)
+        if gone:
+            _log.info("removed {n} cached kubelet pods the cloud no longer has", n=len(gone))
+        return len(gone)
