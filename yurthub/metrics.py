@@ -13,9 +13,11 @@ lock and builds a key every time and runs several times per proxied request.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 __all__ = ["CONTENT_TYPE_LATEST", "ProxyMetrics"]
@@ -113,3 +115,21 @@ class ProxyMetrics:
     def render(self) -> bytes:
         """The text exposition format of every metric."""
         return generate_latest(self.registry)
+
+
+class StoreHealthCollector:
+    """Exports an object store's health counters, read at each scrape."""
+
+    def __init__(self, health: Callable[[], Any]) -> None:
+        self._health = health
+
+    def collect(self) -> Iterator[Any]:
+        health = self._health()
+        for name, help_text, value in (
+            ("yurthub_cache_disk_errors_total", "Failed disk operations of the cache.", health.errors),
+            ("yurthub_cache_dropped_writes_total", "Cache writes dropped because the writer was behind.", health.dropped),
+            ("yurthub_cache_corrupt_files_total", "Cache files skipped at load as unreadable.", health.corrupt_files),
+        ):
+            yield CounterMetricFamily(name.removesuffix("_total"), help_text, value=value)
+        yield GaugeMetricFamily("yurthub_cache_pending_writes", "Cache writes waiting for the writer.", value=health.pending)
+        yield GaugeMetricFamily("yurthub_cache_degraded", "1 while the cache cannot keep up or write.", value=1 if health.degraded else 0)

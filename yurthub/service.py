@@ -24,7 +24,7 @@ from yurthub.cache.store import FilesystemObjectStore
 from yurthub.config import Config, describe
 from yurthub.hub import BackendsReachable, Flag, StoreHealthy, make_hub_root
 from yurthub.interfaces import ICredentialSource, IObjectStore
-from yurthub.metrics import ProxyMetrics
+from yurthub.metrics import ProxyMetrics, StoreHealthCollector
 from yurthub.proxy.local import LocalProxy
 from yurthub.proxy.remote import RemoteProxy
 from yurthub.proxy.root import ProxyRoot, ProxySite, make_site
@@ -137,6 +137,7 @@ class YurtHub(MultiService):
             reactor, self.selector, node_endpoints, token_endpoints, self.metrics, cache=self.cache
         )
         self.upgrades = UpgradeSplicer(reactor, self.selector, node_endpoints, token_endpoints, self.metrics)
+        self.metrics.registry.register(StoreHealthCollector(lambda: self.store.health))
         self.janitor = CacheJanitor(reactor, self.store, self.selector, self.remote.node_agent)
         self.health = HealthChecker(reactor, self.backends, node_endpoints, config.health_check, self.metrics)
         self.root = ProxyRoot(self.remote, self.upgrades, self.metrics, unavailable=self.local.answer)
