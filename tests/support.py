@@ -33,7 +33,9 @@ def hub_config(servers: list[str], **sections: Any) -> Any:
             "secureProxy": "",
             "hub": "tcp:0:interface=127.0.0.1",
         },
-        "healthCheck": {"intervalSeconds": 0.2, "timeoutSeconds": 1, "healthyThreshold": 1},
+        # Fast probes, but two misses in a row before a backend is given up, so a busy test
+        # machine does not send a test offline by accident.
+        "healthCheck": {"intervalSeconds": 0.2, "timeoutSeconds": 2, "healthyThreshold": 1, "unhealthyThreshold": 2},
     }
     document.update(sections)
     return parse_config(document, "test")

@@ -13,6 +13,7 @@ import errno
 import json
 import os
 import stat
+import subprocess
 import threading
 import time
 from typing import TYPE_CHECKING, Any, cast
@@ -790,11 +791,19 @@ class DiskFaultTests(FilesystemStoreCase):
 
     @defer.inlineCallbacks
     def test_a_read_only_directory_fails_load(self):
+        directory = os.path.abspath(self.mktemp())
         if os.geteuid() == 0:
-            raise SkipTest("root writes to read-only directories; the EROFS test covers this")
-        directory = self.mktemp()
-        os.makedirs(directory, 0o500)
-        self.addCleanup(os.chmod, directory, 0o700)
+            # root writes through permission bits: a read-only file system it is.
+            os.makedirs(directory)
+            mounted = subprocess.run(
+                ["mount", "-t", "tmpfs", "-o", "size=1m,ro", "tmpfs", directory], capture_output=True
+            )
+            if mounted.returncode != 0:
+                raise SkipTest(f"cannot mount a read-only tmpfs here: {mounted.stderr!r}")
+            self.addCleanup(subprocess.run, ["umount", directory], capture_output=True)
+        else:
+            os.makedirs(directory, 0o500)
+            self.addCleanup(os.chmod, directory, 0o700)
         store = self.new_store(directory)
         error = yield self.assertFailure(store.load(), StoreError)
         self.assertIn(os.path.abspath(directory), str(error))

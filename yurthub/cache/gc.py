@@ -44,6 +44,8 @@ class CacheJanitor:
         self._selector = selector
         self._agent = agent
         self._events_loop: LoopingCall | None = None
+        self._asking: defer.Deferred[Any] | None = None
+        self._stopped = False
         self.pods_collected = False
 
     def start(self, interval: float = 600.0) -> None:
@@ -53,8 +55,12 @@ class CacheJanitor:
         self._events_loop.start(interval, now=True)
 
     def stop(self) -> None:
+        """Stop expiring events and abandon a pod collection under way."""
+        self._stopped = True
         if self._events_loop is not None and self._events_loop.running:
             self._events_loop.stop()
+        if self._asking is not None:
+            self._asking.cancel()
 
     def _expire_safely(self) -> None:
         try:
@@ -87,23 +93,27 @@ class CacheJanitor:
     def collect_pods(self):  # type: ignore[no-untyped-def]
         """Ask the cloud about each pod kubelet cached; remove the ones it no longer has.
         Returns how many were removed (0 when it refused to remove them all)."""
-        if self.pods_collected:
+        if self.pods_collected or self._stopped:
             return 0
         cached = [key for key, _ in self._store.list("kubelet", PODS, None)]
         gone: list[CacheKey] = []
         for key in cached:
             backends = self._selector.backends_for(None)
-            if not backends:
-                return 0  # offline again: try another time
+            if not backends or self._stopped:
+                return 0  # offline again (or shutting down): try another time
             target = f"/api/v1/namespaces/{key.namespace}/pods/{key.name}".encode()
             try:
-                response = yield self._agent.request_to(
+                self._asking = self._agent.request_to(
                     backends[0], b"GET", target, Headers({b"user-agent": [b"yurthub/gc"], b"accept": [b"application/json"]}), None
                 )
-                yield readBody(response)
+                response = yield self._asking
+                self._asking = readBody(response)
+                yield self._asking
             except Exception as e:
-                _log.info("pod collection paused: {err}", err=str(e))
+                _log.info("pod collection paused: {err}", err=str(e) or e.__class__.__name__)
                 return 0
+            finally:
+                self._asking = None
             if response.code == 404:
                 gone.append(key)
             elif response.code >= 300:
