@@ -118,6 +118,7 @@ class ApplyTests(SynchronousTestCase):
         stream = b"".join(json.dumps(e).encode() + b"\n" for e in events)
         feed_answer(manager, b"GET", b"/api/v1/pods?watch=true", stream, chunks=37)
         self.assertEqual(cached_names(manager), ["a"])
+        self.assertEqual(manager.bookmarks[("kubelet", PODS, "")], "23")
         data = manager.store.get(CacheKey("kubelet", PODS, "default", "a"))
         self.assertEqual(json.loads(data)["metadata"]["labels"], {"changed": "yes"})
 

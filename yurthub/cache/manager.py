@@ -114,6 +114,9 @@ class CacheManager:
     ) -> None:
         self.store = store
         self.agents = frozenset(agents)
+        #: The newest BOOKMARK resourceVersion seen per (component, resource, namespace):
+        #: an offline list is at least that new.
+        self.bookmarks: dict[tuple[str, GVR, str], str] = {}
         self._metrics = metrics
         self._run = run_in_thread
 
@@ -198,6 +201,9 @@ class CacheManager:
             return
         if kind in ("ADDED", "MODIFIED"):
             self.apply_object(info, obj)
+        elif kind == "BOOKMARK":
+            rv = str((obj.get("metadata") or {}).get("resourceVersion", ""))
+            self.bookmarks[(info.component, gvr_of(info), info.namespace)] = rv
         elif kind == "DELETED":
             meta = obj.get("metadata") or {}
             self.store.delete(self.key(info.component, gvr_of(info), obj, info.namespace), str(meta.get("resourceVersion", "")) or None)

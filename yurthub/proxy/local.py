@@ -199,6 +199,7 @@ class LocalProxy:
             _json_answer(request, 200, _encode(self._table(request, info, [o.obj for o in chosen])))
             return
         rv = max((_int(o.resource_version) for o in chosen), default=0)
+        rv = max(rv, _int(self.cache.bookmarks.get((info.component, gvr_of(info), info.namespace), "")))
         kind = _list_kind(chosen, info)
         api_version = f"{info.api_group}/{info.api_version}" if info.api_group else info.api_version
         head = _encode({"kind": kind, "apiVersion": api_version, "metadata": {"resourceVersion": str(rv)}})
