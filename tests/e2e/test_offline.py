@@ -8,7 +8,7 @@ import json
 import os
 from typing import Any
 
-from twisted.internet import reactor
+from twisted.internet import defer, reactor
 from twisted.trial.unittest import TestCase
 
 from tests.e2e.cloud import KUBECTL, start_cloud
@@ -147,3 +147,83 @@ class OfflineTests(TestCase):
         })
         await again.wait_for(lambda b: b"after-pod" in b)
         self.assertIsInstance(hub2, YurtHub)
+
+
+class ProcessRestartTests(TestCase):
+    """The real ``twistd yurthub`` process: cache online, stop, restart offline, same answers."""
+
+    timeout = 120
+
+    async def test_a_restarted_process_answers_from_the_cache(self) -> None:
+        import sys
+
+        from tests.e2e.test_demo import free_port
+        from tests.e2e.test_kubectl import LineCollector
+        from yurthub.testing.apiserver import SimulatedAPIServer
+        from yurthub.testing.demo import seed_pods
+
+        server = SimulatedAPIServer(reactor)
+        seed_pods(server, 30)
+        await server.start("tcp:0:interface=127.0.0.1")
+        self.addCleanup(server.stop)
+        workdir = os.path.abspath(self.mktemp())
+        os.makedirs(workdir)
+        config = os.path.join(workdir, "yurthub.yaml")
+        with open(config, "w") as f:
+            f.write("healthCheck: {intervalSeconds: 0.2, timeoutSeconds: 1, healthyThreshold: 1, unhealthyThreshold: 1}\n")
+        proxy, hub = free_port(), free_port()
+        root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+        argv = [
+            sys.executable, "-c", "from twisted.scripts.twistd import run; run()",
+            "--nodaemon", "--pidfile=", "yurthub", "--config", config,
+            "--server", server.url, "--node-name", "edge-1", "--cache-dir", os.path.join(workdir, "cache"),
+            "--proxy-listen", f"tcp:{proxy}:interface=127.0.0.1", "--hub-listen", f"tcp:{hub}:interface=127.0.0.1",
+            "--secure-listen", "",
+        ]
+
+        running: list[tuple[Any, Any]] = []
+
+        def stop_all() -> Any:
+            alive = [(p, c) for p, c in running if p.pid is not None]
+            for process, _ in alive:
+                process.signalProcess("KILL")
+            return defer.gatherResults([c.ended for _, c in alive])
+
+        self.addCleanup(stop_all)
+
+        async def run_yurthub() -> Any:
+            collector = LineCollector()
+            process = reactor.spawnProcess(collector, sys.executable, argv, env={**os.environ, "PYTHONPATH": root})  # type: ignore[attr-defined]
+            running.append((process, collector))
+            for _ in range(200):
+                try:
+                    code, _, _ = await fetch(self, b"GET", f"http://127.0.0.1:{hub}/v1/readyz")
+                    if code == 200:
+                        break
+                except Exception:
+                    pass
+                await sleep(0.05)
+            return process, collector
+
+        async def stop(process: Any, collector: Any) -> None:
+            process.signalProcess("TERM")
+            await collector.ended
+
+        kubelet = {b"user-agent": [b"kubelet/v1.31.0"], b"accept": [b"application/json"]}
+        url = f"http://127.0.0.1:{proxy}/api/v1/pods"
+        process, collector = await run_yurthub()
+        code, _, online = await fetch(self, b"GET", url, kubelet)
+        self.assertEqual(code, 200)
+        await stop(process, collector)  # a clean stop drains the writer
+
+        await server.stop_listening()
+        process, collector = await run_yurthub()
+        for _ in range(100):
+            _, _, readyz = await fetch(self, b"GET", f"http://127.0.0.1:{hub}/v1/readyz?verbose")
+            if b"answering from the cache" in readyz:
+                break
+            await sleep(0.05)
+        code, _, offline = await fetch(self, b"GET", url, kubelet)
+        self.assertEqual(code, 200, offline)
+        self.assertEqual(items_of(offline), items_of(online))
+        self.assertEqual(len(items_of(offline)), 30)
