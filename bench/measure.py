@@ -42,6 +42,8 @@ class Load:
     connections: int
     threads: int
     headers: Mapping[str, str]
+    #: wrk's per-request timeout, seconds: a slower answer counts as a timeout error.
+    timeout: float = 5.0
 
 
 @dataclass(frozen=True)
@@ -119,6 +121,7 @@ def measure(load: Load, target: Target, upstream: Child, children: Sequence[Chil
             connections=load.connections,
             threads=load.threads,
             headers=load.headers,
+            timeout=load.timeout,
         )
 
     if load.warmup > 0:

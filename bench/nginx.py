@@ -11,6 +11,8 @@ is measured.
 - `http_proxy_conf`: kubespray's localhost apiserver proxy as an HTTP reverse proxy with
   upstream keep-alive (``proxy_http_version 1.1``, ``Connection ""``, ``keepalive 32``):
   the anchor row, ``nginx proxy``.
+- `static_conf`: files served at given paths, ``worker_processes 1``: the anchor of the
+  autonomy benchmark's offline lists (the bytes yurthub answered, served by nginx).
 - `stream_proxy_conf`: kubespray's ``nginx-proxy`` role as it ships (``loadbalancer/
   nginx.conf.j2``): an L4 ``stream`` proxy with ``least_conn``; an extra row.
 """
@@ -78,6 +80,36 @@ http {{
     }}
     location = /readyz {{ default_type text/plain; return 200 "ok"; }}
     location = /healthz {{ default_type text/plain; return 200 "ok"; }}
+    location / {{ return 404; }}
+  }}
+}}
+"""
+    )
+
+
+def static_conf(prefix: Path, port: int, files: dict[str, Path], *, workers: int = 1) -> str:
+    """Each file of ``files`` at its exact path (``application/json``), ``/readyz`` 200 and
+    404 for the rest: the bytes another server answered, served as fast as nginx can."""
+    locations = "".join(
+        f"""
+    location = {path} {{
+      alias {file};
+      types {{ }}
+      default_type application/json;
+    }}"""
+        for path, file in files.items()
+    )
+    return (
+        _main(prefix, "static", workers)
+        + f"""
+http {{
+  {_http_common(prefix, "static")}
+  sendfile on;
+  tcp_nopush on;
+
+  server {{
+    listen 127.0.0.1:{port};{locations}
+    location = /readyz {{ default_type text/plain; return 200 "ok"; }}
     location / {{ return 404; }}
   }}
 }}

@@ -19,19 +19,10 @@ Every process is stopped on the way out, including on Ctrl-C and SIGTERM.
 
 from __future__ import annotations
 
-import json
-import os
-import re
-import shutil
-import signal
-import subprocess
 import sys
-import tempfile
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 from bench import nginx as nginx_conf
@@ -39,6 +30,8 @@ from bench import report as reporting
 from bench.measure import Load, Row, Target, measure, median_rows
 from bench.pods import pod_list_body
 from bench.procs import Child, ChildFailed, free_port, http_get, wait_for_status
+from bench.results import RESULTS_PATH, save_results
+from bench.runs import BenchError, Run, signals_interrupt, yurthub_diagnostics
 from bench.tools import MissingTools, Tools, ensure_tools
 from bench.wrk import WrkFailed, write_script
 
@@ -50,17 +43,12 @@ REQUEST_HEADERS = {
 }
 
 PATH = "/api/v1/pods"
-RESULTS_PATH = Path(__file__).resolve().parent / "results.json"
 
 #: The upstream nginx takes every core: it is never the bottleneck.
 UPSTREAM_WORKERS = "auto"
 
 #: nginx worker count of the proxy instances: one, as yurthub is one single-threaded process.
 PROXY_WORKERS = 1
-
-
-class BenchError(Exception):
-    """The benchmark cannot produce a meaningful result (wrong body, setup failure)."""
 
 
 @dataclass(frozen=True)
@@ -89,92 +77,7 @@ class _Servers:
     hub_url: str
 
 
-class _Run:
-    """The processes and files of one benchmark run; `close` stops and removes them."""
-
-    def __init__(self, tools: Tools, settings: Settings) -> None:
-        self.tools = tools
-        self.settings = settings
-        self.temp = Path(tempfile.mkdtemp(prefix="yurthub-bench-"))
-        # nginx workers run as an unprivileged user when we are root: let them read it.
-        self.temp.chmod(0o755)
-        self.children: list[Child] = []
-
-    def close(self) -> None:
-        for child in reversed(self.children):
-            try:
-                child.stop()
-            except Exception as e:  # keep stopping the others
-                print(f"bench: could not stop {child.name}: {e}", file=sys.stderr)
-        if self.settings.keep_temp:
-            print(f"bench: kept {self.temp}", file=sys.stderr)
-        else:
-            shutil.rmtree(self.temp, ignore_errors=True)
-
-    def start(self, child: Child) -> Child:
-        self.children.append(child)
-        child.start()
-        return child
-
-    def start_nginx(self, name: str, conf_text: str) -> Child:
-        conf = self.temp / f"{name}.conf"
-        nginx_conf.temp_dir(self.temp, name).mkdir(mode=0o755)
-        conf.write_text(conf_text)
-        argv = nginx_conf.nginx_argv(self.tools.nginx, self.temp, conf, name)
-        test = subprocess.run([*argv, "-t", "-q"], capture_output=True, text=True, timeout=30)
-        if test.returncode != 0:
-            raise BenchError(f"nginx rejects {conf}:\n{test.stderr}")
-        return self.start(Child(name, argv, self.temp / f"{name}.out"))
-
-    def start_yurthub(self, upstream_port: int, proxy_port: int, hub_port: int) -> Child:
-        # A config file of our own, so a node's /etc/yurthub/yurthub.yaml is never read.
-        config = self.temp / "yurthub.yaml"
-        config.write_text("nodeName: bench\n")
-        argv = [
-            _twistd(),
-            "--nodaemon",
-            "--pidfile=",
-            "yurthub",
-            "--config", str(config),
-            "--server", f"http://127.0.0.1:{upstream_port}",
-            "--proxy-listen", f"tcp:{proxy_port}:interface=127.0.0.1",
-            "--hub-listen", f"tcp:{hub_port}:interface=127.0.0.1",
-            "--secure-listen", "",
-            "--cache-dir", str(self.temp / "yurthub-cache"),
-            "--node-name", "bench",
-            "--log-level", "warn",
-        ]  # fmt: skip
-        env = dict(os.environ, PYTHONUNBUFFERED="1")
-        return self.start(Child("yurthub", argv, self.temp / "yurthub.out", cwd=self.temp, env=env))
-
-
-def _twistd() -> str:
-    """The twistd of the interpreter running the bench (the venv's), else PATH's."""
-    beside = Path(sys.executable).with_name("twistd")
-    if beside.exists():
-        return str(beside)
-    found = shutil.which("twistd")
-    if found is None:
-        raise BenchError("twistd not found: run the bench with the venv's python")
-    return found
-
-
-@contextmanager
-def _signals_interrupt() -> Iterator[None]:
-    """Turn SIGTERM and SIGHUP into KeyboardInterrupt so the cleanup runs as on Ctrl-C."""
-
-    def interrupt(signum: int, frame: FrameType | None) -> None:
-        raise KeyboardInterrupt(signal.Signals(signum).name)
-
-    previous = {sig: signal.signal(sig, interrupt) for sig in (signal.SIGTERM, signal.SIGHUP)}
-    try:
-        yield
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-
-
-def _start_all(run: _Run, body: bytes) -> _Servers:
+def _start_all(run: Run, body: bytes) -> _Servers:
     """Start the upstream, the proxies and yurthub, each ready when this returns."""
     www = run.temp / "www"
     www.mkdir(mode=0o755)
@@ -248,38 +151,6 @@ def _verify(targets: list[Target], body: bytes) -> None:
             )
 
 
-_METRIC_LINE = re.compile(
-    r"^(yurthub_proxy_requests_total|yurthub_upstream_errors_total)\{(.*)\} (\S+)$"
-)
-
-
-def _yurthub_diagnostics(yurthub: Child, hub_url: str) -> dict[str, Any]:
-    """What yurthub itself says after the runs: request counts by code, upstream errors
-    from its metrics, and whatever it logged at warn level or above."""
-    out: dict[str, Any] = {
-        "requests_by_code": {},
-        "upstream_errors": {},
-        "log": yurthub.log_tail(40),
-    }
-    try:
-        status, text = http_get(hub_url + "/metrics", timeout=5)
-    except OSError as e:
-        out["metrics_error"] = str(e)
-        return out
-    for line in text.decode(errors="replace").splitlines():
-        match = _METRIC_LINE.match(line)
-        if not match:
-            continue
-        name, labels, value = match.groups()
-        fields = dict(re.findall(r'(\w+)="([^"]*)"', labels))
-        if name == "yurthub_proxy_requests_total":
-            code = fields.get("code", "?")
-            out["requests_by_code"][code] = out["requests_by_code"].get(code, 0) + int(float(value))
-        else:
-            out["upstream_errors"][fields.get("kind", "?")] = int(float(value))
-    return out
-
-
 def _report(
     rows: list[Row],
     rounds: list[list[Row]],
@@ -314,8 +185,8 @@ def run(settings: Settings, emit: Callable[[str], None] = print) -> int:
     except MissingTools as e:
         print(f"bench: {e}", file=sys.stderr)
         return 2
-    with _signals_interrupt():
-        bench_run = _Run(tools, settings)
+    with signals_interrupt():
+        bench_run = Run(tools, keep_temp=settings.keep_temp)
         try:
             body = pod_list_body()
             servers = _start_all(bench_run, body)
@@ -341,10 +212,10 @@ def run(settings: Settings, emit: Callable[[str], None] = print) -> int:
                     measured.append(measure(load, target, servers.upstream, bench_run.children))
                 rounds.append(measured)
             rows = median_rows(rounds)
-            diagnostics = _yurthub_diagnostics(servers.yurthub, servers.hub_url)
+            diagnostics = yurthub_diagnostics(servers.yurthub, servers.hub_url)
             report = _report(rows, rounds, settings, tools, body, diagnostics)
             reporting.print_report(report, rows, emit)
-            settings.results_path.write_text(json.dumps(report, indent=2) + "\n")
+            save_results(settings.results_path, report)
             emit(f"\nresults written to {settings.results_path}")
             return 0
         except (BenchError, ChildFailed, WrkFailed) as e:

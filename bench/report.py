@@ -137,9 +137,9 @@ def build_report(
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "request": request,
         "settings": settings,
-        "machine": _machine(),
+        "machine": machine_info(),
         "tools": tools,
-        "yurthub_git": _git_state(),
+        "yurthub_git": git_state(),
         "rows": [row_dict(row) for row in rows],
         "rounds": [[row_dict(row) for row in measured] for measured in rounds],
         "yurthub_vs_nginx_proxy": verdict(rows, rounds),
@@ -205,7 +205,7 @@ def print_report(report: dict[str, Any], rows: Sequence[Row], emit: Callable[[st
             emit("  | " + line)
 
 
-def _git_state() -> dict[str, Any]:
+def git_state() -> dict[str, Any]:
     """Which yurthub was measured: the commit, and whether its sources had local changes."""
 
     def git(*args: str) -> str:
@@ -223,7 +223,7 @@ def _git_state() -> dict[str, Any]:
     }
 
 
-def _machine() -> dict[str, Any]:
+def machine_info() -> dict[str, Any]:
     import twisted
 
     return {

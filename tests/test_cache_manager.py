@@ -80,6 +80,24 @@ class ApplyTests(SynchronousTestCase):
         feed_answer(manager, b"GET", b"/api/v1/pods?labelSelector=app%3Dweb", pod_list(rv=200))
         self.assertEqual(cached_names(manager), ["b"])
 
+    def test_the_same_list_version_is_not_decoded_again(self) -> None:
+        manager = make_manager()
+        body = json.dumps(pod_list(pod("a"), rv=100)).encode()
+        feed_answer(manager, b"GET", b"/api/v1/pods", body)
+        writes = manager.store.writes
+        manager.store.delete(CacheKey("kubelet", PODS, "default", "a"))  # would come back if re-applied
+        feed_answer(manager, b"GET", b"/api/v1/pods", body)
+        self.assertEqual(cached_names(manager), [])
+        feed_answer(manager, b"GET", b"/api/v1/pods", pod_list(pod("a", rv=101), rv=101))
+        self.assertEqual(cached_names(manager), ["a"])
+        self.assertGreater(manager.store.writes, writes)
+
+    def test_list_version_is_read_from_the_head(self) -> None:
+        from yurthub.cache.manager import list_version
+
+        self.assertEqual(list_version(b'{"kind":"PodList","apiVersion":"v1","metadata":{"resourceVersion":"42"},"items":[]}'), "42")
+        self.assertIsNone(list_version(b'{"kind":"PodList","items":[{"metadata":{"resourceVersion":"7"}}]}'))
+
     def test_list_items_get_kind_and_api_version(self) -> None:
         items, rv = decode_list(json.dumps(pod_list(pod("a"), rv=7)).encode(), "kubelet", PODS, "")
         self.assertEqual(rv, "7")

@@ -16,6 +16,7 @@ sees what kubelet cached.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -117,6 +118,10 @@ class CacheManager:
         #: The newest BOOKMARK resourceVersion seen per (component, resource, namespace):
         #: an offline list is at least that new.
         self.bookmarks: dict[tuple[str, GVR, str], str] = {}
+        # The resourceVersion of the last list applied per (component, resource, namespace,
+        # selectors): the same list at the same version changed nothing, and re-decoding it
+        # would cost far more CPU than proxying it.
+        self._list_versions: dict[tuple[str, ...], str] = {}
         self._metrics = metrics
         self._run = run_in_thread
 
@@ -173,6 +178,15 @@ class CacheManager:
             data = _encode(obj)
         self.store.put(key, str(obj["metadata"].get("resourceVersion", "")), data)
 
+    def _list_id(self, info: RequestInfo) -> tuple[str, ...]:
+        return (info.component, info.api_group, info.api_version, info.resource, info.namespace,
+                info.label_selector, info.field_selector)
+
+    def list_unchanged(self, info: RequestInfo, body: bytes) -> bool:
+        """True if ``body`` is the same list version as the one last applied for it."""
+        known = self._list_versions.get(self._list_id(info))
+        return known is not None and known != "" and known == list_version(body)
+
     def apply_list(self, info: RequestInfo, items: list[tuple[CacheKey, str, bytes]], list_rv: str) -> None:
         """Make a list's items the whole set it covers."""
         labels = LabelSelector.parse(info.label_selector or None)
@@ -192,6 +206,9 @@ class CacheManager:
             list_rv,
             covered,
         )
+        if len(self._list_versions) > 10_000:
+            self._list_versions.clear()
+        self._list_versions[self._list_id(info)] = list_rv
 
     def apply_event(self, info: RequestInfo, event: dict[str, Any]) -> None:
         """Apply one watch event in order."""
@@ -262,6 +279,18 @@ def _peek_rv(data: bytes) -> str:
     start = marker + len(b'"resourceVersion":"')
     end = data.find(b'"', start)
     return data[start:end].decode("ascii", "replace")
+
+
+_LIST_HEAD_RV = re.compile(rb'"metadata"\s*:\s*\{[^{}]*?"resourceVersion"\s*:\s*"([^"]*)"')
+
+
+def list_version(body: bytes) -> str | None:
+    """The resourceVersion in a list's own metadata, read from its head (lists put
+    ``metadata`` before ``items``); None if it is not there."""
+    head = body[:2048]
+    items = head.find(b'"items"')
+    match = _LIST_HEAD_RV.search(head, 0, items if items != -1 else len(head))
+    return match.group(1).decode("ascii", "replace") if match else None
 
 
 def decode_list(body: bytes, component: str, gvr: GVR, namespace: str) -> tuple[list[tuple[CacheKey, str, bytes]], str]:
@@ -336,6 +365,8 @@ class WholeTee(ResponseTee):
         body = b"".join(self._chunks)
         self._chunks = []
         manager, info = self.manager, self.info
+        if info.verb == "list" and manager.list_unchanged(info, body):
+            return
         if info.verb == "list":
             d = manager._run(decode_list, body, info.component, gvr_of(info), info.namespace)
             d.addCallback(lambda result: manager.apply_list(info, *result))
