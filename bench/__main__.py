@@ -1,7 +1,9 @@
-"""``python -m bench [proxy-list] [--duration S] [--connections N] [--quick] ...``
+"""``python -m bench [proxy-list|autonomy] [--duration S] [--connections N] [--quick] ...``
 
-The command line of the benchmarks. ``proxy-list`` (the default, and so far the only one)
-is `bench.proxy_list`: yurthub next to nginx and to no proxy, serving a 100-pod list.
+The command line of the benchmarks. ``proxy-list`` is `bench.proxy_list` (yurthub next to
+nginx and to no proxy, serving a 100-pod list); ``autonomy`` is `bench.autonomy` (yurthub
+answering from its cache with the cloud stopped, relaying watches into it, its memory and
+an offline restart). Without a name both run, proxy-list first.
 """
 
 from __future__ import annotations
@@ -11,7 +13,10 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from bench import proxy_list
+from bench import autonomy, proxy_list
+from bench.results import RESULTS_PATH
+
+BENCHMARKS = ("proxy-list", "autonomy")
 
 
 def _positive(text: str) -> float:
@@ -28,22 +33,27 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         description="Side-by-side benchmarks of yurthub on 127.0.0.1 (needs nginx and wrk; "
         "installs them with apt-get when run as root).",
     )
-    parser.add_argument("benchmark", nargs="?", default="proxy-list", choices=["proxy-list"],
-                        help="which benchmark to run (default: proxy-list)")  # fmt: skip
+    parser.add_argument("benchmark", nargs="?", default=None, choices=BENCHMARKS,
+                        help="which benchmark to run (default: both, proxy-list first)")  # fmt: skip
     parser.add_argument("--duration", type=_positive, default=None,
                         help="seconds of measurement per configuration (default 10, 3 with --quick)")  # fmt: skip
     parser.add_argument("--connections", type=int, default=16,
-                        help="concurrent keep-alive connections wrk holds open (default 16)")  # fmt: skip
+                        help="concurrent keep-alive connections wrk holds open (default 16; autonomy's "
+                        "10,000-pod list uses 4)")  # fmt: skip
     parser.add_argument("--threads", type=int, default=2,
                         help="wrk threads (default 2; at most --connections)")  # fmt: skip
     parser.add_argument("--warmup", type=float, default=1.0,
                         help="seconds of unmeasured load before each measurement (default 1)")  # fmt: skip
     parser.add_argument("--rounds", type=int, default=1,
                         help="measure each configuration this many times, report the median (default 1)")  # fmt: skip
+    parser.add_argument("--events", type=int, default=None,
+                        help="autonomy: watch events per relay run (default 20000, 5000 with --quick)")  # fmt: skip
+    parser.add_argument("--relay-runs", type=int, default=None,
+                        help="autonomy: relay runs per path per round (default 3, 1 with --quick)")  # fmt: skip
     parser.add_argument("--quick", action="store_true",
-                        help="smoke run: 3 s per configuration")  # fmt: skip
-    parser.add_argument("--results", type=Path, default=proxy_list.RESULTS_PATH,
-                        help=f"where to write the JSON results (default {proxy_list.RESULTS_PATH})")  # fmt: skip
+                        help="smoke run: 3 s per configuration, fewer watch events")  # fmt: skip
+    parser.add_argument("--results", type=Path, default=RESULTS_PATH,
+                        help=f"where to write the JSON results (default {RESULTS_PATH})")  # fmt: skip
     parser.add_argument("--keep-temp", action="store_true",
                         help="keep the temp dir (configs, logs, cache) for inspection")  # fmt: skip
     args = parser.parse_args(argv)
@@ -53,23 +63,58 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         parser.error("--connections must be at least 1")
     if args.rounds < 1:
         parser.error("--rounds must be at least 1")
+    if args.events is None:
+        args.events = 5_000 if args.quick else 20_000
+    if args.relay_runs is None:
+        args.relay_runs = 1 if args.quick else 3
+    if args.events < 1 or args.relay_runs < 1:
+        parser.error("--events and --relay-runs must be at least 1")
     args.threads = max(1, min(args.threads, args.connections))
     return args
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Run the chosen benchmark and return the process exit status."""
-    args = parse_args(argv)
-    settings = proxy_list.Settings(
-        duration=args.duration,
-        connections=args.connections,
-        threads=args.threads,
-        warmup=args.warmup,
-        rounds=args.rounds,
-        results_path=args.results,
-        keep_temp=args.keep_temp,
+def _run_one(name: str, args: argparse.Namespace) -> int:
+    if name == "proxy-list":
+        return proxy_list.run(
+            proxy_list.Settings(
+                duration=args.duration,
+                connections=args.connections,
+                threads=args.threads,
+                warmup=args.warmup,
+                rounds=args.rounds,
+                results_path=args.results,
+                keep_temp=args.keep_temp,
+            )
+        )
+    return autonomy.run(
+        autonomy.Settings(
+            duration=args.duration,
+            warmup=args.warmup,
+            connections=args.connections,
+            threads=args.threads,
+            rounds=args.rounds,
+            events=args.events,
+            relay_runs=args.relay_runs,
+            results_path=args.results,
+            keep_temp=args.keep_temp,
+        )
     )
-    return proxy_list.run(settings)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the chosen benchmark (or both) and return the process exit status: the first
+    of 130 (interrupted) or 2 (tools missing) stops at once; else the worst status."""
+    args = parse_args(argv)
+    names = [args.benchmark] if args.benchmark else list(BENCHMARKS)
+    worst = 0
+    for n, name in enumerate(names):
+        if len(names) > 1:
+            print(("\n" if n else "") + f"=== {name} ===", flush=True)
+        status = _run_one(name, args)
+        if status in (2, 130):
+            return status
+        worst = max(worst, status)
+    return worst
 
 
 if __name__ == "__main__":
