@@ -8,7 +8,8 @@ without decoding them. It prints ``WATCH_READY {json}`` as soon as the response 
 in (kube-apiserver and yurthub send it before any event), so the caller knows the watch
 is registered before it asks the cloud for events, then one ``WATCH_RESULT {json}``:
 ``events``, ``bytes``, ``first_monotonic``/``last_monotonic`` (CLOCK_MONOTONIC, which is
-system-wide on Linux and so comparable with the caller's), ``last_rv`` (of the last
+system-wide on Linux and so comparable with the caller's), ``cpu_seconds`` (its own CPU
+time from the response head to the last event), ``last_rv`` (of the last
 event, decoded once at the end), ``errors`` (ERROR events seen) and, if it failed,
 ``error``. Exit status 0 when it counted all the events, 1 otherwise. ``--timeout``
 bounds the whole run.
@@ -135,6 +136,7 @@ def watch(
         print(
             READY_MARKER + json.dumps({"status": result["status"], "headers": headers}), flush=True
         )
+        cpu_start = time.process_time()
         chunked = "chunked" in headers.get("transfer-encoding", "").lower()
         pending = b""
         last_line = b""
@@ -158,7 +160,13 @@ def watch(
             if events >= count:
                 break
         last = time.monotonic()
-        result.update(events=events, bytes=size, first_monotonic=first, last_monotonic=last)
+        result.update(
+            events=events,
+            bytes=size,
+            first_monotonic=first,
+            last_monotonic=last,
+            cpu_seconds=round(time.process_time() - cpu_start, 4),
+        )
         if last_line:
             try:
                 event = json.loads(last_line)

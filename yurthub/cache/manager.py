@@ -183,7 +183,10 @@ class CacheManager:
                 info.label_selector, info.field_selector)
 
     def list_unchanged(self, info: RequestInfo, body: bytes) -> bool:
-        """True if ``body`` is the same list version as the one last applied for it."""
+        """True if ``body`` is the same list version as the one last applied for it (and
+        the store is sound: a degraded store needs the list to repair it)."""
+        if self.store.health.degraded:
+            return False
         known = self._list_versions.get(self._list_id(info))
         return known is not None and known != "" and known == list_version(body)
 
