@@ -112,6 +112,23 @@ class ReadTests(SynchronousTestCase):
         assert answer is not None
         self.assertEqual((answer.code, answer.json()["items"]), (200, []))
 
+    def test_a_repeated_list_follows_changes_to_the_cache(self) -> None:
+        local, manager, _ = seeded()
+        first, _ = ask(local, b"GET", b"/api/v1/namespaces/default/pods")
+        again, _ = ask(local, b"GET", b"/api/v1/namespaces/default/pods")
+        assert first is not None and again is not None
+        self.assertEqual(first.body, again.body)
+        feed_answer(manager, b"GET", b"/api/v1/namespaces/default/pods/new-1", {"kind": "Pod", **pod("new-1", rv=300)})
+        third, _ = ask(local, b"GET", b"/api/v1/namespaces/default/pods")
+        assert third is not None
+        self.assertIn("new-1", names(third))
+        patched, _ = ask(local, b"PATCH", b"/api/v1/namespaces/default/pods/new-1",
+                         headers={b"content-type": [b"application/merge-patch+json"]}, body=b'{"metadata":{"labels":{"x":"y"}}}')
+        assert patched is not None
+        fourth, _ = ask(local, b"GET", b"/api/v1/namespaces/default/pods?labelSelector=x%3Dy")
+        assert fourth is not None
+        self.assertEqual(names(fourth), ["new-1"])
+
     def test_never_cached_resource_is_404(self) -> None:
         local, _, _ = seeded()
         answer, _ = ask(local, b"GET", b"/api/v1/configmaps")

@@ -91,3 +91,4 @@ class IObjectStore(Interface):
         """Finish pending writes and stop the writer; a Deferred."""
 
     health = Attribute("A `StoreHealth`: errors, last error, pending writes, degraded flag.")
+    generation = Attribute("An int that changes whenever any cached object changes.")

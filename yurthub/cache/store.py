@@ -188,6 +188,8 @@ class ObjectIndex:
     def __init__(self) -> None:
         self._resources: dict[tuple[str, GVR], dict[str, dict[str, _Entry]]] = {}
         self._count = 0
+        #: Goes up with every change, so readers can keep answers derived from the view.
+        self.generation = 0
 
     def __len__(self) -> int:
         return self._count
@@ -250,6 +252,7 @@ class ObjectIndex:
         if key.name not in names:
             self._count += 1
         names[key.name] = (key, resource_version, data)
+        self.generation += 1
 
     def remove(self, key: CacheKey) -> bool:
         """Forget an object; True if it was cached."""
@@ -258,6 +261,7 @@ class ObjectIndex:
         if not names or names.pop(key.name, None) is None:
             return False
         self._count -= 1
+        self.generation += 1
         if not names:
             del by_namespace[key.namespace]  # type: ignore[union-attr]
             if not by_namespace:
@@ -560,6 +564,11 @@ class FilesystemObjectStore:
     def components(self) -> builtins.list[str]:
         """Components that have anything cached."""
         return self._index.components()
+
+    @property
+    def generation(self) -> int:
+        """A number that changes whenever the cached objects change."""
+        return self._index.generation
 
     def get_document(self, name: str) -> bytes | None:
         """The bytes of a document, or None."""

@@ -38,7 +38,7 @@ from yurthub.cache.manager import CachedObject, CacheManager, discovery_document
 from yurthub.kube.patch import PatchError, json_patch, merge_patch, strategic_merge_patch
 from yurthub.kube.selectors import FieldSelector, LabelSelector, SelectorError, field_paths
 from yurthub.kube.tables import build_table
-from yurthub.proxy.status import finish_with_status
+from yurthub.proxy.status import finish_with_status, status_body
 from yurthub.requestinfo import RequestInfo
 
 _log = Logger()
@@ -119,6 +119,10 @@ class LocalProxy:
         self._clock = clock
         self._signer = signer or TokenSigner(clock)
         self._watches: dict[Request, IDelayedCall] = {}
+        # Encoded list answers by what they answer, valid while the store's generation
+        # holds: a node's components repeat the same few lists, and building one means
+        # decoding every object in it.
+        self._lists: dict[tuple[Any, ...], tuple[int, int, bytes]] = {}
 
     # --- entry point -----------------------------------------------------------------
 
@@ -183,6 +187,24 @@ class LocalProxy:
         _json_answer(request, 200, found.data)
 
     def _list(self, request: Request, info: RequestInfo) -> None:
+        if _wants_table(request):
+            self._answer_list(request, info, table=True)
+            return
+        memo_key = (info.component, info.api_group, info.api_version, info.resource, info.namespace,
+                    info.label_selector, info.field_selector)
+        generation = self.cache.store.generation
+        memo = self._lists.get(memo_key)
+        if memo is not None and memo[0] == generation:
+            _json_answer(request, memo[1], memo[2])
+            return
+        code, body = self._answer_list(request, info, table=False)
+        if body is not None:
+            if len(self._lists) > 256:
+                self._lists.clear()
+            self._lists[memo_key] = (generation, code, body)
+
+    def _answer_list(self, request: Request, info: RequestInfo, *, table: bool) -> tuple[int, bytes | None]:
+        """Answer a list from the cache; returns the code and, for JSON answers, the body."""
         everything = self.cache.objects(info, info.namespace or None)
         labels = LabelSelector.parse(info.label_selector or None)
         fields = FieldSelector.parse(info.field_selector or None, field_paths(info.api_group, info.resource))
@@ -191,13 +213,13 @@ class LocalProxy:
         if not chosen and not by_name:
             if not everything or (info.component == "kubelet" and info.resource == "pods"):
                 # Never cached; or kubelet would take an empty pod list as "delete all".
-                finish_with_status(
-                    request, 404, f"no cached {info.resource} to answer from while the cloud is unreachable", "NotFound"
-                )
-                return
-        if _wants_table(request):
+                message = f"no cached {info.resource} to answer from while the cloud is unreachable"
+                body = status_body(404, message, "NotFound")
+                _json_answer(request, 404, body)
+                return 404, body
+        if table:
             _json_answer(request, 200, _encode(self._table(request, info, [o.obj for o in chosen])))
-            return
+            return 200, None
         rv = max((_int(o.resource_version) for o in chosen), default=0)
         rv = max(rv, _int(self.cache.bookmarks.get((info.component, gvr_of(info), info.namespace), "")))
         kind = _list_kind(chosen, info)
@@ -205,6 +227,7 @@ class LocalProxy:
         head = _encode({"kind": kind, "apiVersion": api_version, "metadata": {"resourceVersion": str(rv)}})
         body = head[:-1] + b',"items":[' + b",".join(o.data for o in chosen) + b"]}"
         _json_answer(request, 200, body)
+        return 200, body
 
     def _table(self, request: Request, info: RequestInfo, objects: list[dict[str, Any]]) -> dict[str, Any]:
         return build_table(

@@ -56,6 +56,11 @@ class MemoryObjectStore:
         """Components that have anything cached."""
         return self._index.components()
 
+    @property
+    def generation(self) -> int:
+        """A number that changes whenever the cached objects change."""
+        return self._index.generation
+
     def put(self, key: CacheKey, resource_version: str, data: bytes) -> bool:
         """Store an object; False if the cached copy is as new or newer."""
         if not self._index.put(key, resource_version, data):
