@@ -50,6 +50,7 @@ from bench import cloud as cloud_process
 from bench import nginx as nginx_conf
 from bench.measure import Load, Row, Target, machine_cpu_seconds, measure, median_rows
 from bench.procs import Child, ChildFailed, free_port, http_get, wait_for_status
+from bench.report import git_state
 from bench.results import RESULTS_PATH, save_results
 from bench.runs import (
     BenchError,
@@ -266,6 +267,12 @@ class Hub:
             return []
 
 
+def _with_repo_root() -> str:
+    """``PYTHONPATH`` for our Python children (`bench.cloud`, `bench.watchclient`): this
+    checkout first, for the ``bench`` package, then whatever the caller set."""
+    return os.pathsep.join(p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH", "")) if p)
+
+
 def _read_lines(path: Path) -> list[str]:
     try:
         return path.read_text(errors="replace").splitlines()
@@ -289,7 +296,15 @@ def _peek_rv(data: bytes) -> str:
 
 def _list(url: str, expected: int, what: str) -> tuple[bytes, dict[str, Any]]:
     """GET a list as kubelet; it must be a 200 with exactly ``expected`` items."""
+    body, doc, _ = _timed_list(url, expected, what)
+    return body, doc
+
+
+def _timed_list(url: str, expected: int, what: str) -> tuple[bytes, dict[str, Any], float]:
+    """`_list`, with the seconds the answer took (request sent to body read)."""
+    started = time.monotonic()
     status, body = http_get(url, headers=REQUEST_HEADERS, timeout=LIST_TIMEOUT)
+    seconds = time.monotonic() - started
     if status != 200:
         raise BenchError(f"{what}: GET {url} answered {status}: {body[:300]!r}")
     doc = json.loads(body)
@@ -297,7 +312,7 @@ def _list(url: str, expected: int, what: str) -> tuple[bytes, dict[str, Any]]:
         raise BenchError(
             f"{what}: GET {url} has {len(doc.get('items') or [])} items, expected {expected}"
         )
-    return body, doc
+    return body, doc, seconds
 
 
 def _wait_files(hub: Hub, namespace: str, count: int) -> float:
@@ -369,14 +384,15 @@ class CpuWindow:
 
 def _watch(run: Run, port: int, rv: str, count: int, label: str) -> tuple[Child, float]:
     """Start a watch client and wait until its watch is open; (client, trigger-ready time)."""
-    log = run.temp / f"watch-{label}-{len(run.children)}.out"
+    # A log of its own per client: the markers of an earlier run must not be read again.
+    log = run.temp / f"watch-{len(list(run.temp.glob('watch-*.out'))) + 1}-{label}.out"
     argv = [
         sys.executable, "-m", "bench.watchclient",
         "--port", str(port), "--resource-version", rv, "--events", str(count),
         "--path", WATCH_PATH, "--user-agent", REQUEST_HEADERS["User-Agent"],
         "--timeout", str(WATCH_TIMEOUT),
     ]  # fmt: skip
-    env = dict(os.environ, PYTHONPATH=str(REPO_ROOT), PYTHONUNBUFFERED="1")
+    env = dict(os.environ, PYTHONPATH=_with_repo_root(), PYTHONUNBUFFERED="1")
     client = run.start(Child(f"{WATCH_CLIENT} ({label})", argv, log, cwd=REPO_ROOT, env=env))
     deadline = time.monotonic() + WATCH_READY_TIMEOUT
     while time.monotonic() < deadline:
@@ -491,14 +507,28 @@ class Offline:
 
 
 def _offline_answers(hub: Hub, settings: Settings) -> tuple[bytes, bytes, dict[str, Any]]:
-    """yurthub's offline answers to the two lists, checked: 200, the right number of
-    items and, for the big one, exactly the cloud's pod names."""
-    small, small_doc = _list(hub.url(SMALL_PATH), settings.small_pods, "offline 100-pod list")
-    bulk, bulk_doc = _list(hub.url(BULK_PATH), settings.pods, "offline 10,000-pod list")
+    """yurthub's first offline answers to the two lists, checked (200, the right number of
+    items and, for the big one, exactly the cloud's pod names) and timed."""
+    small, _, small_seconds = _timed_list(
+        hub.url(SMALL_PATH), settings.small_pods, "offline 100-pod list"
+    )
+    bulk, bulk_doc, bulk_seconds = _timed_list(
+        hub.url(BULK_PATH), settings.pods, "offline 10,000-pod list"
+    )
     names = {item["metadata"]["name"] for item in bulk_doc["items"]}
     if names != {f"bulk-{n}" for n in range(settings.pods)}:
         raise BenchError("the offline 10,000-pod list does not hold the pods the cloud has")
-    return small, bulk, {"small_bytes": len(small), "bulk_bytes": len(bulk)}
+    return (
+        small,
+        bulk,
+        {
+            "small_bytes": len(small),
+            "bulk_bytes": len(bulk),
+            # The first offline answers: nothing of them can be reused yet.
+            "small_first_answer_ms": round(small_seconds * 1000, 1),
+            "bulk_first_answer_ms": round(bulk_seconds * 1000, 1),
+        },
+    )
 
 
 def _start_static(run: Run, small: bytes, bulk: bytes) -> tuple[Child, str]:
@@ -584,23 +614,32 @@ def restart_offline(run: Run, hub: Hub, cloud: Cloud, settings: Settings) -> dic
     window.begin()
     start = time.monotonic()
     hub.child.start()
+    # [first seen at, what, detail, how many times, last seen at], seconds since the start.
     seen: list[list[Any]] = []
 
     def note(what: Any, detail: str = "") -> None:
         at = round(time.monotonic() - start, 3)
         if seen and seen[-1][1] == what:
             seen[-1][3] += 1
+            seen[-1][4] = at
         else:
-            seen.append([at, what, detail, 1])
+            seen.append([at, what, detail, 1, at])
 
     body = b""
     first = None
+    connected: float | None = None
+    at_listen: dict[str, float] = {}
     while time.monotonic() - start < RESTART_TIMEOUT:
         hub.child.check_alive()
         connection = http.client.HTTPConnection(
             "127.0.0.1", hub.proxy_port, timeout=RESTART_TIMEOUT
         )
         try:
+            connection.connect()
+            if connected is None:
+                connected = time.monotonic() - start
+                at_listen = hub.memory()
+            asked = time.monotonic()
             connection.request("GET", BULK_PATH, headers=REQUEST_HEADERS)
             response = connection.getresponse()
             body = response.read()
@@ -616,15 +655,17 @@ def restart_offline(run: Run, hub: Hub, cloud: Cloud, settings: Settings) -> dic
             connection.close()
         if response.status == 200:
             first = time.monotonic() - start
-            note(200, f"{len(body):,} bytes")
+            note(200, f"{len(body):,} bytes in {first - (asked - start):.2f} s")
             break
         note(response.status, body[:200].decode(errors="replace"))
         time.sleep(0.05)
     cpu = window.end()
     out: dict[str, Any] = {
         "seconds": round(first, 3) if first is not None else None,
+        "listening_seconds": round(connected, 3) if connected is not None else None,
         "attempts": seen,
         "cpu_percent": cpu,
+        "memory_at_listen": at_listen,
     }
     if first is None:
         out["error"] = f"no 200 answer within {RESTART_TIMEOUT:.0f}s"
@@ -647,7 +688,7 @@ def _start(run: Run, settings: Settings, emit: Callable[[str], None]) -> tuple[C
         "--pods", str(settings.pods), "--small-pods", str(settings.small_pods),
         "--event-pods", str(settings.event_pods), "--event-size", str(settings.event_size),
     ]  # fmt: skip
-    env = dict(os.environ, PYTHONPATH=str(REPO_ROOT), PYTHONUNBUFFERED="1")
+    env = dict(os.environ, PYTHONPATH=_with_repo_root(), PYTHONUNBUFFERED="1")
     emit(
         f"bench: starting the cloud (simulated kube-apiserver, {settings.pods + settings.small_pods + settings.event_pods:,} pods) ..."
     )
@@ -701,6 +742,9 @@ def run(settings: Settings, emit: Callable[[str], None] = print) -> int:
 def _run(
     bench_run: Run, tools: Tools, settings: Settings, emit: Callable[[str], None]
 ) -> dict[str, Any]:
+    # The yurthub measured: what twistd imports now, as it starts (a shared checkout may
+    # change during the run).
+    measured = git_state()
     cloud, hub = _start(bench_run, settings, emit)
     memory: dict[str, Any] = {"idle": hub.memory()}
 
@@ -825,4 +869,5 @@ def _run(
             "log": diagnostics["log"],
         },
         cloud_seed_seconds=cloud.ready.get("seed_seconds"),
+        yurthub_git=measured,
     )

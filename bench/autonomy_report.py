@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from bench.measure import Row
-from bench.report import NOISY_OTHER_CPU, git_state, machine_info, row_dict
+from bench.report import NOISY_OTHER_CPU, machine_info, row_dict
 
 if TYPE_CHECKING:
     from bench.autonomy import Settings
@@ -174,7 +174,7 @@ def _ratio(entry: dict[str, Any]) -> str:
     if ratio is None:
         return "-"
     if entry["format"] == "latency":
-        return f"{ratio:,.0f}x"
+        return f"{ratio:.1f}x" if ratio < 10 else f"{ratio:,.0f}x"
     return f"{ratio:.3f}"
 
 
@@ -250,6 +250,7 @@ def build_report(
     offline_checks: Sequence[dict[str, Any]],
     diagnostics: dict[str, Any],
     cloud_seed_seconds: float | None,
+    yurthub_git: dict[str, Any],
 ) -> dict[str, Any]:
     """The JSON document of a run (written to ``bench/results.json`` under ``autonomy``)."""
     entries = summary(settings, offline_rows, offline_rounds, relays, memory, restarts)
@@ -277,7 +278,7 @@ def build_report(
         },
         "machine": machine_info(),
         "tools": {"nginx": tools.nginx_version, "wrk": tools.wrk_version},
-        "yurthub_git": git_state(),
+        "yurthub_git": yurthub_git,
         "summary": [{k: v for k, v in e.items() if k != "format"} for e in entries],
         "offline_rows": [row_dict(row) for row in offline_rows],
         "offline_rounds": [[row_dict(row) for row in measured] for measured in offline_rounds],
@@ -317,6 +318,7 @@ def print_report(report: dict[str, Any], emit: Callable[[str], None]) -> None:
         f"machine: nproc={m['nproc']} ({m['cpu']}), Python {m['python']}, Twisted {m['twisted']}, "
         f"{report['tools']['nginx']}, {report['tools']['wrk']}; yurthub {report['yurthub_git']['commit']}"
         + (" (modified)" if report["yurthub_git"]["yurthub_sources_modified"] else "")
+        + f" from {report['yurthub_git'].get('source', '?')}"
     )
     emit("")
     entries = [dict(e, format=_FORMATS[e["key"]]) for e in report["summary"]]
@@ -354,18 +356,23 @@ def print_report(report: dict[str, Any], emit: Callable[[str], None]) -> None:
     )  # fmt: skip
     for restart in report["restarts"]:
         steps = "; ".join(
-            f"{what}" + (f" x{n}" if n > 1 else "") + f" from {at:.2f} s" + (f" ({detail})" if detail and what != 200 else "")
-            for at, what, detail, n in restart["attempts"]
+            f"{what}" + (f" x{n} {at:.2f}-{last:.2f} s" if n > 1 else f" at {at:.2f} s")
+            + (f" ({detail})" if detail else "")
+            for at, what, detail, n, last in restart["attempts"]
         )  # fmt: skip
+        at_listen = restart.get("memory_at_listen") or {}
         emit(
             f"restart (round {restart['round']}): {steps}"
+            + (f"; RSS when listening {at_listen['VmRSS']:.0f} MB" if at_listen else "")
             + (f"; {restart['error']}" if "error" in restart else "")
         )
     for check in report["offline_checks"]:
         emit(
             f"offline (round {check['round']}): yurthub reported the cloud unhealthy "
             f"{check['noticed_seconds']:.2f} s after it stopped; offline events pods = cloud's: "
-            f"{'yes' if check['offline_events_match_cloud'] else 'NO'}"
+            f"{'yes' if check['offline_events_match_cloud'] else 'NO'}; first (cold) offline answers: "
+            f"{s['pods']['small']} pods {check['small_first_answer_ms']:.0f} ms, "
+            f"{s['pods']['bulk']:,} pods {check['bulk_first_answer_ms']:.0f} ms"
         )
         for query in ("?verbose", "?verbose=1"):
             emit(f"  /v1/readyz{query} -> " + check[f"readyz{query}"].replace("\n", " | "))

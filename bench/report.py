@@ -12,6 +12,8 @@ import datetime
 import os
 import platform
 import subprocess
+import sys
+import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -205,13 +207,33 @@ def print_report(report: dict[str, Any], rows: Sequence[Row], emit: Callable[[st
             emit("  | " + line)
 
 
+def yurthub_source() -> Path:
+    """The checkout whose ``yurthub`` the benchmark's twistd imports: what this
+    interpreter finds from a neutral directory with the same environment (a
+    ``PYTHONPATH`` pointing at another checkout wins over the venv's editable install)."""
+    try:
+        done = subprocess.run(
+            [sys.executable, "-c", "import os, yurthub; print(os.path.dirname(yurthub.__file__))"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            cwd=tempfile.gettempdir(),
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return REPO_ROOT
+    lines = done.stdout.strip().splitlines()
+    return Path(lines[-1]).parent if done.returncode == 0 and lines else REPO_ROOT
+
+
 def git_state() -> dict[str, Any]:
-    """Which yurthub was measured: the commit, and whether its sources had local changes."""
+    """Which yurthub was measured: its checkout, the commit, and whether its sources had
+    local changes (read when the report is built)."""
+    source = yurthub_source()
 
     def git(*args: str) -> str:
         try:
             done = subprocess.run(
-                ["git", "-C", str(REPO_ROOT), *args], capture_output=True, text=True, timeout=10
+                ["git", "-C", str(source), *args], capture_output=True, text=True, timeout=10
             )
         except (OSError, subprocess.TimeoutExpired):
             return ""
@@ -220,6 +242,7 @@ def git_state() -> dict[str, Any]:
     return {
         "commit": git("rev-parse", "--short", "HEAD"),
         "yurthub_sources_modified": bool(git("status", "--porcelain", "--", "yurthub", "twisted")),
+        "source": str(source),
     }
 
 
