@@ -104,6 +104,12 @@ BULK_WRK_TIMEOUT = 60.0
 #: Shortest wrk run of the 10,000-pod list, --quick included: yurthub's first answers to
 #: 4 concurrent requests take seconds, so a 3 s run would hold none.
 BULK_MIN_DURATION = 10.0
+#: The User-Agent of yurthub's pod collection (`yurthub.cache.gc`): once online after a
+#: start, it asks the cloud for every pod kubelet has cached, one GET each.
+POD_COLLECTION_AGENT = "yurthub/gc"
+#: The collection is over when the count stops growing for this long (or is complete).
+POD_COLLECTION_QUIET = 5.0
+POD_COLLECTION_TIMEOUT = 300.0
 #: Name prefix of the watch client processes.
 WATCH_CLIENT = "watch client"
 #: Sleep between two polls of the cache directory.
@@ -182,6 +188,11 @@ class Cloud:
 
     def start_listening(self) -> None:
         self.call("POST", "/start")
+
+    def requests_by_agent(self) -> dict[str, int]:
+        """How many requests the API received so far, by User-Agent."""
+        counts: dict[str, int] = self.state()["requests_by_agent"]
+        return counts
 
     def generate(self, count: int) -> None:
         self.call("POST", f"/events?count={count}")
@@ -708,6 +719,28 @@ def _start(run: Run, settings: Settings, emit: Callable[[str], None]) -> tuple[C
     return cloud, hub
 
 
+def _wait_pod_collection(cloud: Cloud, before: int, expected: int) -> dict[str, Any]:
+    """After a restarted yurthub sees the cloud again it asks for each cached pod: wait
+    until that is over, so it does not run under the next measurements, and say what it
+    took (GETs counted by the cloud)."""
+    start = time.monotonic()
+    seen, changed = 0, start
+    while time.monotonic() - start < POD_COLLECTION_TIMEOUT:
+        count = cloud.requests_by_agent().get(POD_COLLECTION_AGENT, 0) - before
+        now = time.monotonic()
+        if count != seen:
+            seen, changed = count, now
+        if seen >= expected or now - changed > POD_COLLECTION_QUIET * (1 if seen else 3):
+            break
+        time.sleep(0.25)
+    return {
+        "requests": seen,
+        "expected": expected,
+        "seconds": round(changed - start, 2),
+        "complete": seen >= expected,
+    }
+
+
 def _tally_codes(into: dict[str, int], diagnostics: dict[str, Any]) -> None:
     for code, n in diagnostics.get("requests_by_code", {}).items():
         into[code] = into.get(code, 0) + n
@@ -772,12 +805,23 @@ def _run(
     offline_checks: list[dict[str, Any]] = []
     codes: dict[str, int] = {}
     processes: list[dict[str, Any]] = []
+    collections: list[dict[str, Any]] = []
+    cached_pods = settings.pods + settings.small_pods + settings.event_pods
     offline: Offline | None = None
     for number in range(1, settings.rounds + 1):
         of = f" (round {number}/{settings.rounds})" if settings.rounds > 1 else ""
         if number > 1:
+            before = cloud.requests_by_agent().get(POD_COLLECTION_AGENT, 0)
             cloud.start_listening()
             hub.wait_backend(True, BACKEND_TIMEOUT)
+            emit(f"bench: the cloud is back{of}; waiting for yurthub's pod collection ...")
+            collection = _wait_pod_collection(cloud, before, cached_pods)
+            collection["round"] = number
+            collections.append(collection)
+            emit(
+                f"bench:   {collection['requests']:,} GETs ({POD_COLLECTION_AGENT}) in "
+                f"{collection['seconds']:.1f} s"
+            )
         for _ in range(settings.relay_runs):
             for via_yurthub in (False, True):
                 path = "through yurthub" if via_yurthub else "straight from the cloud"
@@ -854,6 +898,7 @@ def _run(
     processes.append({"when": "end", "cache": diagnostics.get("cache", {}),
                       "upstream_errors": diagnostics.get("upstream_errors", {})})  # fmt: skip
     memory["after_restart"] = hub.memory()
+    requests_by_agent = cloud.requests_by_agent()
     return reporting.build_report(
         settings=settings,
         tools=tools,
@@ -864,6 +909,8 @@ def _run(
         restarts=restarts,
         offline_checks=offline_checks,
         diagnostics={
+            "pod_collections": collections,
+            "cloud_requests_by_agent": requests_by_agent,
             "requests_by_code": codes,
             "processes": processes,
             "log": diagnostics["log"],

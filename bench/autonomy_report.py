@@ -377,6 +377,18 @@ def print_report(report: dict[str, Any], emit: Callable[[str], None]) -> None:
         for query in ("?verbose", "?verbose=1"):
             emit(f"  /v1/readyz{query} -> " + check[f"readyz{query}"].replace("\n", " | "))
     diag = report["yurthub_diagnostics"]
+    for c in diag.get("pod_collections", []):
+        emit(
+            f"cloud back (round {c['round']}): the restarted yurthub asked for each cached pod, "
+            f"{c['requests']:,} GETs of {c['expected']:,} cached in {c['seconds']:.1f} s"
+            + ("" if c["complete"] else " (stopped before all)")
+            + "; measured after it was over"
+        )
+    agents = ", ".join(
+        f"{a or '(none)'}: {n:,}"
+        for a, n in sorted(diag.get("cloud_requests_by_agent", {}).items())
+    )
+    emit(f"requests the cloud received, by User-Agent: {agents or 'none'}")
     codes = ", ".join(f"{code}: {n:,}" for code, n in sorted(diag["requests_by_code"].items()))
     emit(f"yurthub's own count of answers by code (all its processes): {codes or 'none'}")
     for process in diag["processes"]:

@@ -14,7 +14,9 @@ global reactor, seeded with three sets of pods:
 A second listener, ``--control-port``, is a tiny HTTP API for the benchmark (JSON
 answers, 127.0.0.1 only):
 
-- ``GET /state``: the resourceVersion, whether the API listens, the seeded counts;
+- ``GET /state``: the resourceVersion, whether the API listens, the seeded counts, and
+  how many requests the API received by User-Agent (the server's bounded request log is
+  drained into these counts every 0.2 s);
 - ``POST /stop``, ``POST /start``: stop or resume listening on the same port, state kept
   (``stop_listening`` drops every open connection, as if the process had died);
 - ``POST /events?count=N``: start updating the ``events`` pods round-robin, N updates,
@@ -37,6 +39,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from twisted.internet import defer
+from twisted.internet.task import LoopingCall
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
 
@@ -160,16 +163,38 @@ def _padding_for(event_size: int) -> int:
     return max(0, event_size - len(line))
 
 
+class RequestCounter:
+    """Counts the API's requests by User-Agent. The simulated server keeps a bounded log of
+    requests; draining it often keeps every request counted and the log small."""
+
+    def __init__(self, server: Any) -> None:
+        self._server = server
+        self.counts: dict[str, int] = {}
+
+    def drain(self) -> None:
+        for record in self._server.requests:
+            agent = record.header("user-agent") or ""
+            self.counts[agent] = self.counts.get(agent, 0) + 1
+        self._server.clear_requests()
+
+
 class _Control(Resource):
     """The control API (see the module docstring)."""
 
     isLeaf = True
 
-    def __init__(self, server: Any, generator: EventGenerator, counts: dict[str, int]) -> None:
+    def __init__(
+        self,
+        server: Any,
+        generator: EventGenerator,
+        counts: dict[str, int],
+        requests: RequestCounter,
+    ) -> None:
         super().__init__()
         self._server = server
         self._generator = generator
         self._counts = counts
+        self._requests = requests
 
     def _json(self, request: Request, code: int, value: Any) -> bytes:
         request.setResponseCode(code)
@@ -177,11 +202,13 @@ class _Control(Resource):
         return json.dumps(value).encode()
 
     def _state(self) -> dict[str, Any]:
+        self._requests.drain()
         return {
             "resourceVersion": self._server.resource_version,
             "listening": self._server.listening,
             "url": self._server.url,
             "counts": self._counts,
+            "requests_by_agent": self._requests.counts,
         }
 
     def render_GET(self, request: Request) -> bytes:  # noqa: N802
@@ -281,12 +308,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     }
     generator = EventGenerator(server, reactor, names, padding, max(1, args.batch))
     seeded = time.monotonic() - seeding
+    server.clear_requests()
+    requests = RequestCounter(server)
+    draining = LoopingCall(requests.drain)
+    draining.clock = reactor
 
     @defer.inlineCallbacks
     def listen() -> Any:
         yield server.start(f"tcp:{args.port}:interface=127.0.0.1")
+        draining.start(0.2, now=False)
         if args.control_port:
-            site = Site(_Control(server, generator, counts))
+            site = Site(_Control(server, generator, counts, requests))
             site.noisy = False
             site.log = lambda request: None  # type: ignore[method-assign]
             reactor.listenTCP(args.control_port, site, interface="127.0.0.1")
