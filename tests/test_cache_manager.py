@@ -98,6 +98,21 @@ class ApplyTests(SynchronousTestCase):
         self.assertEqual(list_version(b'{"kind":"PodList","apiVersion":"v1","metadata":{"resourceVersion":"42"},"items":[]}'), "42")
         self.assertIsNone(list_version(b'{"kind":"PodList","items":[{"metadata":{"resourceVersion":"7"}}]}'))
 
+    def test_list_decoding_item_by_item_matches_a_whole_decode(self) -> None:
+        document = pod_list(pod("a", app="x"), pod("b"), rv=9)
+        document["items"].append({"kind": "Pod", "metadata": {"name": "c", "namespace": "default", "resourceVersion": "3"}})
+        for body in (json.dumps(document).encode(), json.dumps(document, indent=2).encode(),
+                     json.dumps({"items": document["items"], "metadata": document["metadata"], "kind": "PodList", "apiVersion": "v1"}).encode()):
+            items, rv = decode_list(body, "kubelet", PODS, "")
+            self.assertEqual(rv, "9")
+            decoded = [json.loads(data) for _, _, data in items]
+            expected = [{"kind": "Pod", "apiVersion": "v1", **item} for item in document["items"]]
+            self.assertEqual(decoded, expected)
+            self.assertEqual([k.name for k, _, _ in items], ["a", "b", "c"])
+        for broken in (b'{"kind":"PodList","items":[{"metadata":{}}', b'{"items":[1,]}', b"[]", b'{"items":[]} x'):
+            with self.assertRaises(ValueError):
+                decode_list(broken, "kubelet", PODS, "")
+
     def test_list_items_get_kind_and_api_version(self) -> None:
         items, rv = decode_list(json.dumps(pod_list(pod("a"), rv=7)).encode(), "kubelet", PODS, "")
         self.assertEqual(rv, "7")

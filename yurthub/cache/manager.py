@@ -18,7 +18,6 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from twisted.internet import defer
@@ -55,17 +54,26 @@ def _rv_int(text: str) -> int:
         return 0
 
 
-@dataclass(frozen=True)
 class CachedObject:
-    """One object read back from the cache: its key, bytes and decoded form."""
+    """One object read back from the cache: its key and bytes, decoded only when asked
+    (a list without selectors is spliced from the bytes and never decodes anything)."""
 
-    key: CacheKey
-    data: bytes
-    obj: dict[str, Any]
+    __slots__ = ("key", "data", "_obj")
+
+    def __init__(self, key: CacheKey, data: bytes) -> None:
+        self.key = key
+        self.data = data
+        self._obj: dict[str, Any] | None = None
+
+    @property
+    def obj(self) -> dict[str, Any]:
+        if self._obj is None:
+            self._obj = _decode(self.data) or {}
+        return self._obj
 
     @property
     def resource_version(self) -> str:
-        return str(self.obj.get("metadata", {}).get("resourceVersion", ""))
+        return _peek_rv(self.data)
 
 
 def discovery_document_name(path: str) -> str | None:
@@ -249,12 +257,7 @@ class CacheManager:
                     if obj_id not in newest or rv > newest[obj_id][0]:
                         newest[obj_id] = (rv, key, data)
             pairs = [(key, data) for _, key, data in sorted(newest.values(), key=lambda t: (t[1].namespace, t[1].name))]
-        out = []
-        for key, data in pairs:
-            obj = _decode(data)
-            if obj is not None:
-                out.append(CachedObject(key, data, obj))
-        return out
+        return [CachedObject(key, data) for key, data in pairs]
 
     def components(self) -> list[str]:
         """Components that have anything cached."""
@@ -296,25 +299,80 @@ def list_version(body: bytes) -> str | None:
     return match.group(1).decode("ascii", "replace") if match else None
 
 
+_WS = re.compile(r"[ \t\n\r]*")
+_DECODER = json.JSONDecoder()
+
+
+def _walk_list(text: str) -> tuple[dict[str, Any], list[tuple[dict[str, Any], str]]]:
+    """The top-level fields of a list document (without ``items``) and each item as
+    (decoded, raw text), decoding one item at a time so a huge list never exists as one
+    tree of Python objects."""
+    fields: dict[str, Any] = {}
+    items: list[tuple[dict[str, Any], str]] = []
+    i = _WS.match(text, 0).end()  # type: ignore[union-attr]
+    if text[i : i + 1] != "{":
+        raise ValueError("not a JSON object")
+    i = _WS.match(text, i + 1).end()  # type: ignore[union-attr]
+    while text[i : i + 1] != "}":
+        name, i = _DECODER.raw_decode(text, i)
+        i = _WS.match(text, i).end()  # type: ignore[union-attr]
+        if text[i : i + 1] != ":":
+            raise ValueError("expected ':'")
+        i = _WS.match(text, i + 1).end()  # type: ignore[union-attr]
+        if name == "items" and text[i : i + 1] == "[":
+            i = _WS.match(text, i + 1).end()  # type: ignore[union-attr]
+            while text[i : i + 1] != "]":
+                start = i
+                item, i = _DECODER.raw_decode(text, i)
+                items.append((item, text[start:i]))
+                i = _WS.match(text, i).end()  # type: ignore[union-attr]
+                if text[i : i + 1] == ",":
+                    i = _WS.match(text, i + 1).end()  # type: ignore[union-attr]
+                    if text[i : i + 1] == "]":
+                        raise ValueError("trailing ',' in items")
+                elif text[i : i + 1] != "]":
+                    raise ValueError("expected ',' or ']'")
+            i += 1
+            fields["items"] = None
+        else:
+            fields[name], i = _DECODER.raw_decode(text, i)
+        i = _WS.match(text, i).end()  # type: ignore[union-attr]
+        if text[i : i + 1] == ",":
+            i = _WS.match(text, i + 1).end()  # type: ignore[union-attr]
+            if text[i : i + 1] == "}":
+                raise ValueError("trailing ','")
+        elif text[i : i + 1] != "}":
+            raise ValueError("expected ',' or '}'")
+    if _WS.match(text, i + 1).end() != len(text):  # type: ignore[union-attr]
+        raise ValueError("trailing data after the list")
+    return fields, items
+
+
 def decode_list(body: bytes, component: str, gvr: GVR, namespace: str) -> tuple[list[tuple[CacheKey, str, bytes]], str]:
     """Decode a list answer into cacheable items (with kind and apiVersion filled in, as
-    list items omit them) and the list's resourceVersion. Runs in a thread."""
-    doc = json.loads(body)
-    if not isinstance(doc, dict) or not isinstance(doc.get("items"), list):
+    list items omit them) and the list's resourceVersion. Runs in a thread; each item's
+    bytes are its own text from the answer, not a re-encoding."""
+    fields, raw_items = _walk_list(body.decode("utf-8"))
+    if "items" not in fields:
         raise ValueError("not a list")
-    kind = str(doc.get("kind", ""))
+    kind = str(fields.get("kind", ""))
     item_kind = kind[:-4] if kind.endswith("List") else kind
-    api_version = doc.get("apiVersion") or (f"{gvr.group}/{gvr.version}" if gvr.group else gvr.version)
+    api_version = fields.get("apiVersion") or (f"{gvr.group}/{gvr.version}" if gvr.group else gvr.version)
+    prefix = json.dumps({"kind": item_kind, "apiVersion": api_version}, separators=(",", ":"))[:-1]
     items = []
-    for item in doc["items"]:
+    for item, text in raw_items:
         if not isinstance(item, dict):
             continue
-        item.setdefault("kind", item_kind)
-        item.setdefault("apiVersion", api_version)
         meta = item.get("metadata") or {}
         key = CacheKey(component, gvr, meta.get("namespace") or namespace, meta.get("name") or "")
-        items.append((key, str(meta.get("resourceVersion", "")), _encode(item)))
-    return items, str((doc.get("metadata") or {}).get("resourceVersion", ""))
+        if "kind" not in item and "apiVersion" not in item:
+            text = prefix + ("," + text[1:] if item else "}")
+        elif "kind" not in item or "apiVersion" not in item:
+            item.setdefault("kind", item_kind)
+            item.setdefault("apiVersion", api_version)
+            text = json.dumps(item, separators=(",", ":"))
+        items.append((key, str(meta.get("resourceVersion", "")), text.encode("utf-8")))
+    return items, str((fields.get("metadata") or {}).get("resourceVersion", ""))
 
 
 class ResponseTee:

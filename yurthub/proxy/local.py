@@ -208,7 +208,10 @@ class LocalProxy:
         everything = self.cache.objects(info, info.namespace or None)
         labels = LabelSelector.parse(info.label_selector or None)
         fields = FieldSelector.parse(info.field_selector or None, field_paths(info.api_group, info.resource))
-        chosen = [o for o in everything if labels.matches(o.obj.get("metadata", {}).get("labels")) and fields.matches(o.obj)]
+        if labels.empty and fields.empty:
+            chosen = everything
+        else:
+            chosen = [o for o in everything if labels.matches(o.obj.get("metadata", {}).get("labels")) and fields.matches(o.obj)]
         by_name = "metadata.name" in (info.field_selector or "")
         if not chosen and not by_name:
             if not everything or (info.component == "kubelet" and info.resource == "pods"):
