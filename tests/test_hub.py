@@ -14,7 +14,8 @@ from yurthub.upstream.backends import Backend
 
 
 def get(root: object, path: bytes, args: dict[bytes, list[bytes]] | None = None) -> tuple[int, bytes, DummyRequest]:
-    request = DummyRequest(path.lstrip(b"/").split(b"/"))
+    request = DummyRequest(path.partition(b"?")[0].lstrip(b"/").split(b"/"))
+    request.uri = path
     request.args = args or {}
     resource = getChildForRequest(root, request)  # type: ignore[arg-type]
     body = resource.render(request)
@@ -51,10 +52,10 @@ class HubTests(SynchronousTestCase):
 
     def test_readyz_verbose_lists_passing_checks(self) -> None:
         self.flag.ok = True
-        code, body, _ = get(self.root, b"/v1/readyz", {b"verbose": [b""]})
+        code, body, _ = get(self.root, b"/v1/readyz?verbose")
         self.assertEqual(code, 200)
         self.assertIn(b"[+]listeners ok", body)
-        self.assertIn(b"[+]cloud ok", body)
+        self.assertIn(b"[+]cloud ok: https://10.0.0.1:6443 healthy", body)
 
     def test_metrics_in_prometheus_text_format(self) -> None:
         self.metrics.requests.labels("kubelet", "list", "pods", "200").inc()

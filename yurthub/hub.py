@@ -48,9 +48,11 @@ class Readyz(Resource):
     def render_GET(self, request: Request) -> bytes:  # noqa: N802
         results = [(check.name, *check.check()) for check in self.checks]
         ready = all(ok for _, ok, _ in results)
-        verbose = b"verbose" in (request.args or {})
+        # A bare "?verbose" (no "=") is what kube-apiserver accepts; twisted drops it from args.
+        query = request.uri.partition(b"?")[2]
+        verbose = any(part.partition(b"=")[0] == b"verbose" for part in query.split(b"&"))
         lines = [
-            f"[{'+' if ok else '-'}]{name} {'ok' if ok else 'failed: ' + detail}"
+            f"[+]{name} ok" + (f": {detail}" if detail else "") if ok else f"[-]{name} failed: {detail}"
             for name, ok, detail in results
             if verbose or not ok
         ]

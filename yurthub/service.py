@@ -138,7 +138,7 @@ class YurtHub(MultiService):
         )
         self.upgrades = UpgradeSplicer(reactor, self.selector, node_endpoints, token_endpoints, self.metrics)
         self.metrics.registry.register(StoreHealthCollector(lambda: self.store.health))
-        self.janitor = CacheJanitor(reactor, self.store, self.selector, self.remote.node_agent)
+        self.janitor = CacheJanitor(reactor, self.store, self.selector, self.remote.node_agent, config.node_name)
         self.health = HealthChecker(reactor, self.backends, node_endpoints, config.health_check, self.metrics)
         self.root = ProxyRoot(self.remote, self.upgrades, self.metrics, unavailable=self.local.answer)
         self.listening = Flag("listeners", "proxy listener not bound yet")

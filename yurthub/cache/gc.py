@@ -1,8 +1,8 @@
 """Cache housekeeping: kubelet pods gone from the cloud, and events past their life.
 
 `CacheJanitor.collect_pods` runs once, the first time the cloud is healthy after start-up:
-it asks the cloud (as the node) for each pod kubelet has cached and removes those the cloud
-answers 404 for, so a node that was offline while its pods were deleted does not restart
+it lists this node's pods in the cloud (one request, as the node) and removes the pods
+kubelet has cached that the cloud no longer has, so a node that was offline while its pods were deleted does not restart
 them from the cache on the next offline reboot. It never removes every cached pod at once:
 if the cloud denies all of them, that looks like the wrong cluster or a broken cloud, and
 it keeps them and says so.
@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 from typing import Any
+from urllib.parse import quote
 
 from twisted.internet import defer
 from twisted.internet.interfaces import IReactorTime
@@ -24,7 +25,7 @@ from twisted.logger import Logger
 from twisted.web.client import readBody
 from twisted.web.http_headers import Headers
 
-from yurthub.cache.keys import GVR, CacheKey
+from yurthub.cache.keys import GVR
 from yurthub.interfaces import IObjectStore, IUpstreamSelector
 from yurthub.kube.meta import parse_timestamp
 
@@ -38,8 +39,11 @@ EVENT_TTL = 3600.0
 class CacheJanitor:
     """Removes cached objects that no longer deserve to be served."""
 
-    def __init__(self, clock: IReactorTime, store: IObjectStore, selector: IUpstreamSelector, agent: Any) -> None:
+    def __init__(
+        self, clock: IReactorTime, store: IObjectStore, selector: IUpstreamSelector, agent: Any, node_name: str = ""
+    ) -> None:
         self._clock = clock
+        self._node_name = node_name
         self._store = store
         self._selector = selector
         self._agent = agent
@@ -91,35 +95,42 @@ class CacheJanitor:
 
     @defer.inlineCallbacks
     def collect_pods(self):  # type: ignore[no-untyped-def]
-        """Ask the cloud about each pod kubelet cached; remove the ones it no longer has.
-        Returns how many were removed (0 when it refused to remove them all)."""
+        """Ask the cloud (one list of this node's pods) which of the pods kubelet cached
+        still exist, and remove the others. Returns how many were removed (0 when it
+        refused to remove them all, or could not ask)."""
         if self.pods_collected or self._stopped:
             return 0
         cached = [key for key, _ in self._store.list("kubelet", PODS, None)]
-        gone: list[CacheKey] = []
-        for key in cached:
-            backends = self._selector.backends_for(None)
-            if not backends or self._stopped:
-                return 0  # offline again (or shutting down): try another time
-            target = f"/api/v1/namespaces/{key.namespace}/pods/{key.name}".encode()
-            try:
-                self._asking = self._agent.request_to(
-                    backends[0], b"GET", target, Headers({b"user-agent": [b"yurthub/gc"], b"accept": [b"application/json"]}), None
-                )
-                response = yield self._asking
-                self._asking = readBody(response)
-                yield self._asking
-            except Exception as e:
-                _log.info("pod collection paused: {err}", err=str(e) or e.__class__.__name__)
-                return 0
-            finally:
-                self._asking = None
-            if response.code == 404:
-                gone.append(key)
-            elif response.code >= 300:
-                _log.info("pod collection paused: the cloud answered {code}", code=response.code)
-                return 0
+        backends = self._selector.backends_for(None)
+        if not cached:
+            self.pods_collected = bool(backends)
+            return 0
+        if not backends:
+            return 0  # offline: try again when the cloud is back
+        selector = quote(f"spec.nodeName={self._node_name}", safe="")
+        target = f"/api/v1/pods?fieldSelector={selector}".encode()
+        headers = Headers({b"user-agent": [b"yurthub/gc"], b"accept": [b"application/json"]})
+        try:
+            self._asking = self._agent.request_to(backends[0], b"GET", target, headers, None)
+            response = yield self._asking
+            self._asking = readBody(response)
+            body = yield self._asking
+        except Exception as e:
+            _log.info("pod collection paused: {err}", err=str(e) or e.__class__.__name__)
+            return 0
+        finally:
+            self._asking = None
+        if response.code != 200:
+            _log.info("pod collection paused: the cloud answered {code}", code=response.code)
+            return 0
+        try:
+            items = json.loads(body)["items"]
+            present = {((i.get("metadata") or {}).get("namespace", ""), (i.get("metadata") or {}).get("name", "")) for i in items}
+        except (ValueError, KeyError, TypeError, AttributeError):
+            _log.info("pod collection paused: the cloud's pod list did not decode")
+            return 0
         self.pods_collected = True
+        gone = [key for key in cached if (key.namespace, key.name) not in present]
         if gone and len(gone) == len(cached):
             _log.warn(
                 "the cloud has none of the {n} pods kubelet cached; keeping them (wrong cluster or broken cloud?)",
