@@ -303,47 +303,52 @@ _WS = re.compile(r"[ \t\n\r]*")
 _DECODER = json.JSONDecoder()
 
 
+def _skip(text: str, i: int) -> int:
+    return _WS.match(text, i).end()  # type: ignore[union-attr]
+
+
+def _after_value(text: str, i: int, closer: str) -> int:
+    """Past a value in an object or array: over a ',' (which must lead to another value)
+    or up to the ``closer``; the index of what comes next."""
+    i = _skip(text, i)
+    if text[i : i + 1] == ",":
+        i = _skip(text, i + 1)
+        if text[i : i + 1] == closer:
+            raise ValueError(f"trailing ',' before {closer!r}")
+    elif text[i : i + 1] != closer:
+        raise ValueError(f"expected ',' or {closer!r}")
+    return i
+
+
 def _walk_list(text: str) -> tuple[dict[str, Any], list[tuple[dict[str, Any], str]]]:
     """The top-level fields of a list document (without ``items``) and each item as
     (decoded, raw text), decoding one item at a time so a huge list never exists as one
     tree of Python objects."""
     fields: dict[str, Any] = {}
     items: list[tuple[dict[str, Any], str]] = []
-    i = _WS.match(text, 0).end()  # type: ignore[union-attr]
+    i = _skip(text, 0)
     if text[i : i + 1] != "{":
         raise ValueError("not a JSON object")
-    i = _WS.match(text, i + 1).end()  # type: ignore[union-attr]
+    i = _skip(text, i + 1)
     while text[i : i + 1] != "}":
         name, i = _DECODER.raw_decode(text, i)
-        i = _WS.match(text, i).end()  # type: ignore[union-attr]
+        i = _skip(text, i)
         if text[i : i + 1] != ":":
             raise ValueError("expected ':'")
-        i = _WS.match(text, i + 1).end()  # type: ignore[union-attr]
+        i = _skip(text, i + 1)
         if name == "items" and text[i : i + 1] == "[":
-            i = _WS.match(text, i + 1).end()  # type: ignore[union-attr]
+            i = _skip(text, i + 1)
             while text[i : i + 1] != "]":
                 start = i
                 item, i = _DECODER.raw_decode(text, i)
                 items.append((item, text[start:i]))
-                i = _WS.match(text, i).end()  # type: ignore[union-attr]
-                if text[i : i + 1] == ",":
-                    i = _WS.match(text, i + 1).end()  # type: ignore[union-attr]
-                    if text[i : i + 1] == "]":
-                        raise ValueError("trailing ',' in items")
-                elif text[i : i + 1] != "]":
-                    raise ValueError("expected ',' or ']'")
+                i = _after_value(text, i, "]")
             i += 1
             fields["items"] = None
         else:
             fields[name], i = _DECODER.raw_decode(text, i)
-        i = _WS.match(text, i).end()  # type: ignore[union-attr]
-        if text[i : i + 1] == ",":
-            i = _WS.match(text, i + 1).end()  # type: ignore[union-attr]
-            if text[i : i + 1] == "}":
-                raise ValueError("trailing ','")
-        elif text[i : i + 1] != "}":
-            raise ValueError("expected ',' or '}'")
-    if _WS.match(text, i + 1).end() != len(text):  # type: ignore[union-attr]
+        i = _after_value(text, i, "}")
+    if _skip(text, i + 1) != len(text):
         raise ValueError("trailing data after the list")
     return fields, items
 

@@ -323,6 +323,32 @@ class ObjectIndex:
         return changed
 
 
+class IndexedReads:
+    """The read side both stores share: every read answered from the `ObjectIndex`."""
+
+    _index: ObjectIndex
+
+    def get(self, key: CacheKey) -> bytes | None:
+        """The bytes of the object at ``key``, or None."""
+        return self._index.get(key)
+
+    def list(
+        self, component: str, gvr: GVR, namespace: str | None = None
+    ) -> list[tuple[CacheKey, bytes]]:
+        """``[(key, bytes)]`` of a component's objects of ``gvr`` in ``namespace`` (all if
+        None or ``""``), sorted by namespace and name."""
+        return self._index.list(component, gvr, namespace)
+
+    def components(self) -> builtins.list[str]:
+        """Components that have anything cached."""
+        return self._index.components()
+
+    @property
+    def generation(self) -> int:
+        """A number that changes whenever the cached objects change."""
+        return self._index.generation
+
+
 # --- the disk --------------------------------------------------------------------------
 
 
@@ -464,7 +490,7 @@ _NEW, _LOADING, _RUNNING, _CLOSING, _CLOSED, _FAILED = (
 
 
 @implementer(IObjectStore)
-class FilesystemObjectStore:
+class FilesystemObjectStore(IndexedReads):
     """`IObjectStore` on a directory in OpenYurt's layout, written by one daemon thread.
 
     ``reactor`` is used only for ``callFromThread``; ``max_pending`` bounds the keys waiting
@@ -549,26 +575,6 @@ class FilesystemObjectStore:
         return os.path.join(self.directory, DOCUMENTS_DIR, JOURNAL_DIR)
 
     # --- reads ---------------------------------------------------------------------
-
-    def get(self, key: CacheKey) -> bytes | None:
-        """The bytes of the object at ``key``, or None."""
-        return self._index.get(key)
-
-    def list(
-        self, component: str, gvr: GVR, namespace: str | None = None
-    ) -> list[tuple[CacheKey, bytes]]:
-        """``[(key, bytes)]`` of a component's objects of ``gvr`` in ``namespace`` (all if
-        None or ``""``), sorted by namespace and name."""
-        return self._index.list(component, gvr, namespace)
-
-    def components(self) -> builtins.list[str]:
-        """Components that have anything cached."""
-        return self._index.components()
-
-    @property
-    def generation(self) -> int:
-        """A number that changes whenever the cached objects change."""
-        return self._index.generation
 
     def get_document(self, name: str) -> bytes | None:
         """The bytes of a document, or None."""

@@ -8,19 +8,18 @@ its `health` never degrades unless a test sets it.
 
 from __future__ import annotations
 
-import builtins
 from collections.abc import Mapping
 
 from twisted.internet import defer
 from zope.interface import implementer
 
 from yurthub.cache.keys import GVR, CacheKey
-from yurthub.cache.store import Covered, ObjectIndex, StoreHealth, check_document_name
+from yurthub.cache.store import Covered, IndexedReads, ObjectIndex, StoreHealth, check_document_name
 from yurthub.interfaces import IObjectStore
 
 
 @implementer(IObjectStore)
-class MemoryObjectStore:
+class MemoryObjectStore(IndexedReads):
     """`IObjectStore` semantics with nothing on disk. ``writes`` counts the writes that a
     filesystem store would have queued (puts and deletes that changed something, keys a
     replace changed, documents), so tests can check that nothing needless is written."""
@@ -40,26 +39,6 @@ class MemoryObjectStore:
         """Fires at once: there is nothing to read."""
         self.loaded = True
         return defer.succeed(None)
-
-    def get(self, key: CacheKey) -> bytes | None:
-        """The bytes of the object at ``key``, or None."""
-        return self._index.get(key)
-
-    def list(
-        self, component: str, gvr: GVR, namespace: str | None = None
-    ) -> list[tuple[CacheKey, bytes]]:
-        """``[(key, bytes)]`` of a component's objects of ``gvr`` in ``namespace`` (all if
-        None or ``""``), sorted by namespace and name."""
-        return self._index.list(component, gvr, namespace)
-
-    def components(self) -> builtins.list[str]:
-        """Components that have anything cached."""
-        return self._index.components()
-
-    @property
-    def generation(self) -> int:
-        """A number that changes whenever the cached objects change."""
-        return self._index.generation
 
     def put(self, key: CacheKey, resource_version: str, data: bytes) -> bool:
         """Store an object; False if the cached copy is as new or newer."""
