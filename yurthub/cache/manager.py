@@ -320,12 +320,11 @@ def _after_value(text: str, i: int, closer: str) -> int:
     return i
 
 
-def _walk_list(text: str) -> tuple[dict[str, Any], list[tuple[dict[str, Any], str]]]:
-    """The top-level fields of a list document (without ``items``) and each item as
-    (decoded, raw text), decoding one item at a time so a huge list never exists as one
-    tree of Python objects."""
+def _walk_list(text: str, on_item: Callable[[Any, str], None]) -> dict[str, Any]:
+    """The top-level fields of a list document (``items`` itself as None); each item is
+    handed to ``on_item`` (decoded, raw text) as it is read and dropped after, so a huge
+    list never exists as one tree of Python objects."""
     fields: dict[str, Any] = {}
-    items: list[tuple[dict[str, Any], str]] = []
     i = _skip(text, 0)
     if text[i : i + 1] != "{":
         raise ValueError("not a JSON object")
@@ -341,7 +340,8 @@ def _walk_list(text: str) -> tuple[dict[str, Any], list[tuple[dict[str, Any], st
             while text[i : i + 1] != "]":
                 start = i
                 item, i = _DECODER.raw_decode(text, i)
-                items.append((item, text[start:i]))
+                on_item(item, text[start:i])
+                del item
                 i = _after_value(text, i, "]")
             i += 1
             fields["items"] = None
@@ -350,14 +350,24 @@ def _walk_list(text: str) -> tuple[dict[str, Any], list[tuple[dict[str, Any], st
         i = _after_value(text, i, "}")
     if _skip(text, i + 1) != len(text):
         raise ValueError("trailing data after the list")
-    return fields, items
+    return fields
 
 
 def decode_list(body: bytes, component: str, gvr: GVR, namespace: str) -> tuple[list[tuple[CacheKey, str, bytes]], str]:
     """Decode a list answer into cacheable items (with kind and apiVersion filled in, as
     list items omit them) and the list's resourceVersion. Runs in a thread; each item's
     bytes are its own text from the answer, not a re-encoding."""
-    fields, raw_items = _walk_list(body.decode("utf-8"))
+    # (key, resourceVersion, text, kind missing, apiVersion missing) per item; the decoded
+    # item is dropped at once, and only its own text is kept.
+    found: list[tuple[CacheKey, str, str, bool, bool]] = []
+
+    def keep(item: Any, text: str) -> None:
+        if isinstance(item, dict):
+            meta = item.get("metadata") or {}
+            key = CacheKey(component, gvr, meta.get("namespace") or namespace, meta.get("name") or "")
+            found.append((key, str(meta.get("resourceVersion", "")), text, "kind" not in item, "apiVersion" not in item))
+
+    fields = _walk_list(body.decode("utf-8"), keep)
     if "items" not in fields:
         raise ValueError("not a list")
     kind = str(fields.get("kind", ""))
@@ -365,18 +375,16 @@ def decode_list(body: bytes, component: str, gvr: GVR, namespace: str) -> tuple[
     api_version = fields.get("apiVersion") or (f"{gvr.group}/{gvr.version}" if gvr.group else gvr.version)
     prefix = json.dumps({"kind": item_kind, "apiVersion": api_version}, separators=(",", ":"))[:-1]
     items = []
-    for item, text in raw_items:
-        if not isinstance(item, dict):
-            continue
-        meta = item.get("metadata") or {}
-        key = CacheKey(component, gvr, meta.get("namespace") or namespace, meta.get("name") or "")
-        if "kind" not in item and "apiVersion" not in item:
-            text = prefix + ("," + text[1:] if item else "}")
-        elif "kind" not in item or "apiVersion" not in item:
+    for key, rv, text, no_kind, no_version in found:
+        if no_kind and no_version:
+            text = prefix + ("," + text[1:] if text.strip() != "{}" else "}")
+        elif no_kind or no_version:
+            item = json.loads(text)
             item.setdefault("kind", item_kind)
             item.setdefault("apiVersion", api_version)
             text = json.dumps(item, separators=(",", ":"))
-        items.append((key, str(meta.get("resourceVersion", "")), text.encode("utf-8")))
+        items.append((key, rv, text.encode("utf-8")))
+    found.clear()
     return items, str((fields.get("metadata") or {}).get("resourceVersion", ""))
 
 
