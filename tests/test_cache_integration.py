@@ -12,7 +12,7 @@ from twisted.trial.unittest import TestCase
 from twisted.web.client import ResponseFailed
 from twisted.web.server import NOT_DONE_YET, Request
 
-from tests.support import fetch, listen_site, start_hub
+from tests.support import fetch, listen_site, sleep, start_hub
 from tests.test_remote_proxy import Upstream
 from yurthub.cache.keys import GVR
 from yurthub.cache.store import FilesystemObjectStore, _Disk
@@ -56,7 +56,11 @@ class DiskFailureTests(TestCase):
         _, _, direct = await fetch(self, b"GET", server.url + "/api/v1/pods")
         self.assertEqual(code, 200)
         self.assertEqual(json.loads(body)["items"], json.loads(direct)["items"])
-        await store.flush()
+        for _ in range(100):  # decoded in a thread, then (failing to be) written
+            await store.flush()
+            if store.health.degraded:
+                break
+            await sleep(0.05)
         self.assertTrue(store.health.degraded)
         _, _, metrics = await fetch(self, b"GET", hub_url + "/metrics")
         self.assertRegex(metrics.decode(), r"yurthub_cache_disk_errors_total [1-9]")
@@ -68,7 +72,11 @@ class DiskFailureTests(TestCase):
 
         disk.full = False
         await fetch(self, b"GET", proxy + "/api/v1/pods", KUBELET)
-        await store.flush()
+        for _ in range(100):  # the list is decoded in a thread, then written: wait for both
+            await store.flush()
+            if not store.health.degraded:
+                break
+            await sleep(0.05)
         self.assertFalse(store.health.degraded, store.health.detail())
         on_disk = os.listdir(os.path.join(directory, "kubelet", "pods.v1.core", "default"))
         self.assertEqual(len(on_disk), 50)

@@ -240,6 +240,7 @@ class YurtHub(MultiService):
         self.janitor.stop()
         yield self.remote.close()
         yield self.loading
+        yield self.cache.drain()
         yield self.store.close()
 
     def started(self) -> defer.Deferred[Any]:

@@ -130,6 +130,7 @@ class CacheManager:
         # selectors): the same list at the same version changed nothing, and re-decoding it
         # would cost far more CPU than proxying it.
         self._list_versions: dict[tuple[str, ...], str] = {}
+        self._decoding: set[defer.Deferred[Any]] = set()
         self._metrics = metrics
         self._run = run_in_thread
 
@@ -236,6 +237,21 @@ class CacheManager:
             meta = obj.get("metadata") or {}
             self.store.delete(self.key(info.component, gvr_of(info), obj, info.namespace), str(meta.get("resourceVersion", "")) or None)
 
+    def track(self, d: defer.Deferred[Any]) -> None:
+        """Remember an answer being decoded until it is applied (see `drain`)."""
+        self._decoding.add(d)
+
+        def done(result: Any) -> Any:
+            self._decoding.discard(d)
+            return result
+
+        d.addBoth(done)
+
+    def drain(self) -> defer.Deferred[Any]:
+        """Fires once every answer being decoded now has been applied (at shutdown,
+        before the store closes)."""
+        return defer.DeferredList(list(self._decoding), consumeErrors=True)
+
     def count_error(self, what: str) -> None:
         self._metrics.cache_errors.labels(what).inc()
 
@@ -320,11 +336,10 @@ def _after_value(text: str, i: int, closer: str) -> int:
     return i
 
 
-def _walk_list(text: str, on_item: Callable[[Any, str], None]) -> dict[str, Any]:
-    """The top-level fields of a list document (``items`` itself as None); each item is
-    handed to ``on_item`` (decoded, raw text) as it is read and dropped after, so a huge
-    list never exists as one tree of Python objects."""
-    fields: dict[str, Any] = {}
+def _walk_list(text: str, on_item: Callable[[Any, str], None], fields: dict[str, Any]) -> None:
+    """Fill ``fields`` with the top-level fields of a list document (``items`` itself as
+    None) as they are read; each item is handed to ``on_item`` (decoded, raw text) as it
+    is read and dropped after, so a huge list never exists as one tree of Python objects."""
     i = _skip(text, 0)
     if text[i : i + 1] != "{":
         raise ValueError("not a JSON object")
@@ -350,40 +365,64 @@ def _walk_list(text: str, on_item: Callable[[Any, str], None]) -> dict[str, Any]
         i = _after_value(text, i, "}")
     if _skip(text, i + 1) != len(text):
         raise ValueError("trailing data after the list")
-    return fields
 
 
-def decode_list(body: bytes, component: str, gvr: GVR, namespace: str) -> tuple[list[tuple[CacheKey, str, bytes]], str]:
+def decode_list(
+    body: bytes | list[bytes], component: str, gvr: GVR, namespace: str
+) -> tuple[list[tuple[CacheKey, str, bytes]], str]:
     """Decode a list answer into cacheable items (with kind and apiVersion filled in, as
     list items omit them) and the list's resourceVersion. Runs in a thread; each item's
-    bytes are its own text from the answer, not a re-encoding."""
-    # (key, resourceVersion, text, kind missing, apiVersion missing) per item; the decoded
-    # item is dropped at once, and only its own text is kept.
-    found: list[tuple[CacheKey, str, str, bool, bool]] = []
+    bytes are its own text from the answer, not a re-encoding.
 
-    def keep(item: Any, text: str) -> None:
-        if isinstance(item, dict):
-            meta = item.get("metadata") or {}
-            key = CacheKey(component, gvr, meta.get("namespace") or namespace, meta.get("name") or "")
-            found.append((key, str(meta.get("resourceVersion", "")), text, "kind" not in item, "apiVersion" not in item))
+    ``body`` may be handed over in a one-element list, which is emptied, so the answer's
+    bytes are freed as soon as they are decoded: a big list then never lives as bytes,
+    text and items all at once.
+    """
+    text = (body.pop() if isinstance(body, list) else body).decode("utf-8")
+    fields: dict[str, Any] = {}
+    # (key, resourceVersion, bytes or still-str text, kind missing, apiVersion missing);
+    # the decoded item is dropped at once and only its own text is kept, as bytes as soon
+    # as the list's kind (which comes before the items) is known.
+    found: list[tuple[CacheKey, str, bytes | str, bool, bool]] = []
+    prefix: list[str] = []
 
-    fields = _walk_list(body.decode("utf-8"), keep)
+    def item_prefix() -> str:
+        if not prefix:
+            kind = str(fields.get("kind", ""))
+            api_version = fields.get("apiVersion") or (f"{gvr.group}/{gvr.version}" if gvr.group else gvr.version)
+            item_kind = kind[:-4] if kind.endswith("List") else kind
+            prefix.append(json.dumps({"kind": item_kind, "apiVersion": api_version}, separators=(",", ":"))[:-1])
+        return prefix[0]
+
+    def keep(item: Any, raw: str) -> None:
+        if not isinstance(item, dict):
+            return
+        meta = item.get("metadata") or {}
+        key = CacheKey(component, gvr, meta.get("namespace") or namespace, meta.get("name") or "")
+        no_kind, no_version = "kind" not in item, "apiVersion" not in item
+        data: bytes | str = raw
+        if not no_kind and not no_version:
+            data = raw.encode("utf-8")
+        elif no_kind and no_version and "kind" in fields:
+            data = (item_prefix() + "," + raw[1:]).encode("utf-8")
+            no_kind = no_version = False
+        found.append((key, str(meta.get("resourceVersion", "")), data, no_kind, no_version))
+
+    _walk_list(text, keep, fields)
+    del text
     if "items" not in fields:
         raise ValueError("not a list")
-    kind = str(fields.get("kind", ""))
-    item_kind = kind[:-4] if kind.endswith("List") else kind
-    api_version = fields.get("apiVersion") or (f"{gvr.group}/{gvr.version}" if gvr.group else gvr.version)
-    prefix = json.dumps({"kind": item_kind, "apiVersion": api_version}, separators=(",", ":"))[:-1]
     items = []
-    for key, rv, text, no_kind, no_version in found:
-        if no_kind and no_version:
-            text = prefix + ("," + text[1:] if text.strip() != "{}" else "}")
-        elif no_kind or no_version:
-            item = json.loads(text)
-            item.setdefault("kind", item_kind)
-            item.setdefault("apiVersion", api_version)
-            text = json.dumps(item, separators=(",", ":"))
-        items.append((key, rv, text.encode("utf-8")))
+    for key, rv, data, no_kind, no_version in found:
+        if isinstance(data, str):  # the list's kind came after its items: rare
+            item = json.loads(data)
+            head = json.loads(item_prefix() + "}")
+            if no_kind:
+                item["kind"] = head["kind"]
+            if no_version:
+                item["apiVersion"] = head["apiVersion"]
+            data = json.dumps(item, separators=(",", ":")).encode("utf-8")
+        items.append((key, rv, data))
     found.clear()
     return items, str((fields.get("metadata") or {}).get("resourceVersion", ""))
 
@@ -442,12 +481,15 @@ class WholeTee(ResponseTee):
         if info.verb == "list" and manager.list_unchanged(info, body):
             return
         if info.verb == "list":
-            d = manager._run(decode_list, body, info.component, gvr_of(info), info.namespace)
+            holder = [body]  # decode_list empties it: the bytes go once decoded
+            del body
+            d = manager._run(decode_list, holder, info.component, gvr_of(info), info.namespace)
             d.addCallback(lambda result: manager.apply_list(info, *result))
         else:
             d = manager._run(json.loads, body)
             d.addCallback(lambda obj: manager.apply_object(info, obj, body))
         d.addErrback(self._failed)
+        manager.track(d)
 
     def _failed(self, failure: Any) -> None:
         self.manager.count_error("decode")
