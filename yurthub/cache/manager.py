@@ -40,6 +40,9 @@ NEVER_CACHED_GROUPS = frozenset({"authentication.k8s.io", "authorization.k8s.io"
 #: Largest whole answer (get/list/...) decoded for the cache; larger ones pass uncached.
 MAX_CACHED_BODY = 64 * 1024 * 1024
 
+#: A list answer this large is followed by giving freed memory back to the system.
+BIG_ANSWER = 4 * 1024 * 1024
+
 #: Longest watch event line kept while it streams in.
 MAX_EVENT_LINE = 16 * 1024 * 1024
 
@@ -120,8 +123,10 @@ class CacheManager:
         metrics: ProxyMetrics,
         *,
         run_in_thread: Runner,
+        release_memory: Callable[[], None] = lambda: None,
     ) -> None:
         self.store = store
+        self._release_memory = release_memory
         self.agents = frozenset(agents)
         #: The newest BOOKMARK resourceVersion seen per (component, resource, namespace):
         #: an offline list is at least that new.
@@ -485,6 +490,9 @@ class WholeTee(ResponseTee):
             del body
             d = manager._run(decode_list, holder, info.component, gvr_of(info), info.namespace)
             d.addCallback(lambda result: manager.apply_list(info, *result))
+            if self._size > BIG_ANSWER:
+                # Decoding a big list frees tens of MB in small blocks; hand them back.
+                d.addCallback(lambda _: manager._release_memory())
         else:
             d = manager._run(json.loads, body)
             d.addCallback(lambda obj: manager.apply_object(info, obj, body))
