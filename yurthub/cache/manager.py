@@ -26,7 +26,7 @@ from twisted.web.server import Request
 
 from yurthub.cache.keys import GVR, CacheKey, InvalidKey, check_component
 from yurthub.interfaces import IObjectStore
-from yurthub.kube.selectors import FieldSelector, LabelSelector, field_paths
+from yurthub.kube.selectors import FieldSelector, LabelSelector, SelectorError, field_paths
 from yurthub.metrics import ProxyMetrics
 from yurthub.requestinfo import RequestInfo
 
@@ -204,16 +204,23 @@ class CacheManager:
         known = self._list_versions.get(self._list_id(info))
         return known is not None and known != "" and known == list_version(body)
 
-    def apply_list(self, info: RequestInfo, items: list[tuple[CacheKey, str, bytes]], list_rv: str) -> None:
-        """Make a list's items the whole set it covers."""
-        labels = LabelSelector.parse(info.label_selector or None)
-        fields = FieldSelector.parse(info.field_selector or None, field_paths(info.api_group, info.resource))
+    def apply_list(
+        self,
+        info: RequestInfo,
+        items: list[tuple[CacheKey, str, bytes]],
+        list_rv: str,
+        covered_keys: frozenset[CacheKey] | None = None,
+    ) -> None:
+        """Make a list's items the whole set it covers. For a selector list that is the
+        cached objects matching the selector: ``covered_keys`` when they were worked out
+        already (in a thread, see `WholeTee`), else decided here."""
         covered: Callable[[CacheKey, bytes], bool] | None = None
-        if not labels.empty or not fields.empty:
-
-            def covered(key: CacheKey, data: bytes) -> bool:
-                obj = _decode(data)
-                return obj is not None and labels.matches(obj.get("metadata", {}).get("labels")) and fields.matches(obj)
+        if covered_keys is not None:
+            covered = lambda key, data: key in covered_keys  # noqa: E731
+        else:
+            matches = selection(info)
+            if matches is not None:
+                covered = lambda key, data: matches(data)  # noqa: E731
 
         self.store.replace(
             info.component,
@@ -283,6 +290,35 @@ class CacheManager:
     def components(self) -> list[str]:
         """Components that have anything cached."""
         return list(self.store.components())
+
+
+def selection(info: RequestInfo) -> Callable[[bytes], bool] | None:
+    """For a selector list, whether an encoded object is one the list covers; None for a
+    list of everything (`SelectorError` if a selector does not parse)."""
+    labels = LabelSelector.parse(info.label_selector or None)
+    fields = FieldSelector.parse(info.field_selector or None, field_paths(info.api_group, info.resource))
+    if labels.empty and fields.empty:
+        return None
+
+    def matches(data: bytes) -> bool:
+        obj = _decode(data)
+        return obj is not None and labels.matches(obj.get("metadata", {}).get("labels")) and fields.matches(obj)
+
+    return matches
+
+
+def decode_list_covering(
+    body: list[bytes],
+    component: str,
+    gvr: GVR,
+    namespace: str,
+    cached: list[tuple[CacheKey, bytes]],
+    matches: Callable[[bytes], bool],
+) -> tuple[list[tuple[CacheKey, str, bytes]], str, frozenset[CacheKey]]:
+    """`decode_list`, plus which of the ``cached`` objects a selector list covers: both
+    decode every object, so both run in the thread, never on the reactor."""
+    items, rv = decode_list(body, component, gvr, namespace)
+    return items, rv, frozenset(key for key, data in cached if matches(data))
 
 
 def _encode(obj: Any) -> bytes:
@@ -488,7 +524,17 @@ class WholeTee(ResponseTee):
         if info.verb == "list":
             holder = [body]  # decode_list empties it: the bytes go once decoded
             del body
-            d = manager._run(decode_list, holder, info.component, gvr_of(info), info.namespace)
+            gvr = gvr_of(info)
+            try:
+                matches = selection(info)
+            except SelectorError:
+                manager.count_error("decode")
+                return
+            if matches is None:
+                d = manager._run(decode_list, holder, info.component, gvr, info.namespace)
+            else:
+                cached = manager.store.list(info.component, gvr, info.namespace or None)
+                d = manager._run(decode_list_covering, holder, info.component, gvr, info.namespace, cached, matches)
             d.addCallback(lambda result: manager.apply_list(info, *result))
             if self._size > BIG_ANSWER:
                 # Decoding a big list frees tens of MB in small blocks; hand them back.
