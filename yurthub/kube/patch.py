@@ -63,9 +63,10 @@ def _list_index(container: list[Any], token: str, *, allow_end: bool) -> int:
     return index
 
 
-def _parent(doc: Any, tokens: list[str], path: str) -> Any:
+def _walk(doc: Any, tokens: list[str], path: str) -> Any:
+    """The node ``tokens`` lead to in ``doc`` (`PatchError` if the path does not exist)."""
     node = doc
-    for token in tokens[:-1]:
+    for token in tokens:
         if isinstance(node, dict):
             if token not in node:
                 raise PatchError(f"path {path!r} does not exist: missing {token!r}")
@@ -77,18 +78,12 @@ def _parent(doc: Any, tokens: list[str], path: str) -> Any:
     return node
 
 
+def _parent(doc: Any, tokens: list[str], path: str) -> Any:
+    return _walk(doc, tokens[:-1], path)
+
+
 def _get(doc: Any, path: str) -> Any:
-    node = doc
-    for token in _pointer(path):
-        if isinstance(node, dict):
-            if token not in node:
-                raise PatchError(f"path {path!r} does not exist")
-            node = node[token]
-        elif isinstance(node, list):
-            node = node[_list_index(node, token, allow_end=False)]
-        else:
-            raise PatchError(f"path {path!r} does not exist")
-    return node
+    return _walk(doc, _pointer(path), path)
 
 
 def _add(doc: Any, path: str, value: Any) -> Any:
