@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from typing import Any
 
 from twisted.internet import defer
@@ -13,10 +14,12 @@ from zope.interface.verify import verifyObject
 
 from tests.support import listen_site, sleep
 from yurthub.config import HealthCheckConfig
-from yurthub.interfaces import IBackend, ICredentialSource, IUpstreamSelector
+from yurthub.interfaces import IAttempts, IBackend, ICredentialSource, IFailoverFactory
 from yurthub.metrics import ProxyMetrics
-from yurthub.upstream.backends import Backend, PrioritySelector, RoundRobinSelector, make_selector
+from yurthub.testing.failover import ScriptedFailover
+from yurthub.upstream.backends import Backend
 from yurthub.upstream.endpoints import BackendEndpointFactory
+from yurthub.upstream.failover import FailoverFactory
 from yurthub.upstream.health import HealthChecker
 from yurthub.upstream.tls import CredentialError, FileCredentials
 
@@ -39,39 +42,71 @@ class BackendTests(SynchronousTestCase):
         self.assertEqual(changes, [False, True])
 
 
-class SelectorTests(SynchronousTestCase):
-    """rr spreads new requests; priority keeps the configured order; unhealthy are skipped."""
+class FailoverFactoryTests(SynchronousTestCase):
+    """rr spreads new requests over the healthy backends; priority keeps the configured
+    order; each attempt reads health anew and never repeats a backend."""
 
     def setUp(self) -> None:
         self.backends = [Backend(f"https://10.0.0.{i}:6443") for i in (1, 2, 3)]
 
+    def firsts(self, failover: FailoverFactory, n: int) -> list[Backend | None]:
+        return [failover.attempts(None).next() for _ in range(n)]
+
     def test_interfaces(self) -> None:
-        verifyObject(IUpstreamSelector, PrioritySelector(self.backends))
-        verifyObject(IUpstreamSelector, RoundRobinSelector(self.backends))
+        failover = FailoverFactory("rr", self.backends)
+        verifyObject(IFailoverFactory, failover)
+        verifyObject(IAttempts, failover.attempts(None))
+        fake = ScriptedFailover(self.backends)
+        verifyObject(IFailoverFactory, fake)
+        verifyObject(IAttempts, fake.attempts(None))
 
     def test_priority_uses_the_first_healthy_backend(self) -> None:
-        selector = make_selector("priority", self.backends)
-        self.assertEqual(selector.backends_for(None)[0], self.backends[0])
+        failover = FailoverFactory("priority", self.backends)
+        self.assertEqual(self.firsts(failover, 3), [self.backends[0]] * 3)
         self.backends[0].set_healthy(False)
-        self.assertEqual(selector.backends_for(None), self.backends[1:])
+        self.assertEqual(self.firsts(failover, 2), [self.backends[1]] * 2)
         self.backends[0].set_healthy(True)
-        self.assertEqual(selector.backends_for(None)[0], self.backends[0])
+        self.assertEqual(self.firsts(failover, 1), [self.backends[0]])
 
-    def test_round_robin_rotates_over_healthy_backends(self) -> None:
-        selector = make_selector("rr", self.backends)
-        firsts = [selector.backends_for(None)[0] for _ in range(6)]
-        self.assertEqual(firsts, self.backends * 2)
+    def test_round_robin_spreads_over_the_healthy_backends_evenly(self) -> None:
+        failover = FailoverFactory("rr", self.backends)
+        self.assertEqual(self.firsts(failover, 6), self.backends * 2)
         self.backends[1].set_healthy(False)
-        firsts = {selector.backends_for(None)[0].url for _ in range(4)}
-        self.assertEqual(firsts, {self.backends[0].url, self.backends[2].url})
-        self.assertEqual(len(selector.backends_for(None)), 2)
+        firsts = self.firsts(failover, 10)
+        self.assertEqual(firsts.count(self.backends[0]), 5)
+        self.assertEqual(firsts.count(self.backends[2]), 5)
+
+    def test_attempts_follow_health_as_it_changes_and_never_repeat(self) -> None:
+        failover = FailoverFactory("priority", self.backends)
+        attempts = failover.attempts(None)
+        self.assertIs(attempts.next(), self.backends[0])
+        # The first attempt failed and marked its backend; meanwhile the third failed too.
+        self.backends[0].set_healthy(False)
+        self.backends[2].set_healthy(False)
+        self.assertIs(attempts.next(), self.backends[1])
+        self.backends[0].set_healthy(True)  # recovered, but this request tried it already
+        self.assertIsNone(attempts.next())
+        self.assertEqual(attempts.tried, self.backends[:2])
 
     def test_nothing_healthy_means_no_backend(self) -> None:
-        selector = make_selector("rr", self.backends)
+        failover = FailoverFactory("rr", self.backends)
         for b in self.backends:
             b.set_healthy(False)
-        self.assertEqual(selector.backends_for(None), [])
-        self.assertFalse(selector.any_healthy())
+        self.assertIsNone(failover.attempts(None).next())
+        self.assertFalse(failover.any_healthy())
+
+    def test_outranked_only_in_priority_mode(self) -> None:
+        priority = FailoverFactory("priority", self.backends)
+        rr = FailoverFactory("rr", self.backends)
+        self.assertFalse(priority.outranked(self.backends[0]))
+        self.assertTrue(priority.outranked(self.backends[2]))
+        self.assertFalse(rr.outranked(self.backends[2]))
+        self.backends[0].set_healthy(False)
+        self.backends[1].set_healthy(False)
+        self.assertFalse(priority.outranked(self.backends[2]))
+
+    def test_bad_mode_is_refused(self) -> None:
+        self.assertRaises(ValueError, FailoverFactory, "random", self.backends)
 
 
 class FakeCredentials:
@@ -84,7 +119,9 @@ class FakeCredentials:
 class HealthCheckerClockTests(SynchronousTestCase):
     """Thresholds and the loop's survival, on a Clock."""
 
-    def make(self, results: list[Any], **settings: Any) -> tuple[HealthChecker, Backend, Clock]:
+    def make(
+        self, results: list[Any], random: Any = lambda: 0.0, **settings: Any
+    ) -> tuple[HealthChecker, Backend, Clock]:
         clock = Clock()
         backend = Backend("http://127.0.0.1:1")
         checker = HealthChecker(
@@ -93,7 +130,9 @@ class HealthCheckerClockTests(SynchronousTestCase):
             BackendEndpointFactory(clock, FakeCredentials(), with_client_certificate=True),  # type: ignore[arg-type]
             HealthCheckConfig(interval_seconds=10, **settings),
             ProxyMetrics(),
+            random=random,
         )
+        backend._on_change = checker.backend_changed
         answers = iter(results)
 
         def ask(backend: Backend, path: bytes) -> defer.Deferred[tuple[bool, str]]:
@@ -128,7 +167,36 @@ class HealthCheckerClockTests(SynchronousTestCase):
         clock.advance(10)
         clock.advance(10)
         self.assertTrue(backend.healthy)
-        self.assertTrue(checker._loops[0].running)
+        self.assertTrue(checker._loops[backend].running)
+
+    def test_rounds_are_jittered_below_the_interval_counted_from_the_end_of_a_round(self) -> None:
+        draws = itertools.cycle([1.0, 0.5, 0.0])
+        checker, backend, clock = self.make([(True, "HTTP 200")] * 5, random=lambda: next(draws))
+        probed: list[float] = []
+        ask = checker._ask
+
+        def timed(backend: Backend, path: bytes) -> Any:
+            probed.append(clock.seconds())
+            return ask(backend, path)
+
+        checker._ask = timed  # type: ignore[method-assign]
+        checker.start()
+        for _ in range(60):  # 30 s
+            clock.advance(0.5)
+        # Waits of 10 x (1 - 0.1 x draw): 9, 9.5 and 10 seconds.
+        self.assertEqual(probed, [0.0, 9.0, 18.5, 28.5])
+
+    def test_a_passive_failure_needs_fresh_successes_to_recover(self) -> None:
+        checker, backend, clock = self.make([(True, "HTTP 200")] * 5, healthy_threshold=2)
+        checker.start()
+        clock.advance(10)
+        clock.advance(10)
+        self.assertTrue(backend.healthy)
+        backend.set_healthy(False, "connection failed: refused")  # a real request failed
+        clock.advance(10)
+        self.assertFalse(backend.healthy)  # one success since the failure is not enough
+        clock.advance(10)
+        self.assertTrue(backend.healthy)
 
     def test_falls_back_to_healthz_on_404(self) -> None:
         asked: list[bytes] = []

@@ -66,6 +66,9 @@ class HealthCheckConfig:
     timeout_seconds: float = 2.0
     healthy_threshold: int = 2
     unhealthy_threshold: int = 1
+    #: Priority mode: how long a preferred backend must have been healthy again before
+    #: watches on a lower one are moved to it (each at a random moment up to 1.5x this).
+    return_grace_seconds: float = 60.0
 
 
 @dataclass(frozen=True)
@@ -184,6 +187,12 @@ def _positive_number(value: object) -> float:
     return float(value)
 
 
+def _non_negative_number(value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+        raise _Bad(f"must be a number >= 0, got {value!r}")
+    return float(value)
+
+
 def _positive_int(value: object) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise _Bad(f"must be a whole number >= 1, got {value!r}")
@@ -295,6 +304,7 @@ _SECTIONS: dict[str, tuple[type, dict[str, Callable[[object], Any]]]] = {
             "timeoutSeconds": _positive_number,
             "healthyThreshold": _positive_int,
             "unhealthyThreshold": _positive_int,
+            "returnGraceSeconds": _non_negative_number,
         },
     ),
     "flowControl": (
@@ -390,8 +400,11 @@ def parse_config(data: object, source: str = "<config>") -> Config:
 def _check_consistency(config: Config, source: str) -> None:
     certs = config.certificates
     if bool(certs.cert_file) != bool(certs.key_file):
-        raise ConfigError(source, "certificates.keyFile" if certs.cert_file else "certificates.certFile",
-                          "certFile and keyFile go together")
+        raise ConfigError(
+            source,
+            "certificates.keyFile" if certs.cert_file else "certificates.certFile",
+            "certFile and keyFile go together",
+        )
     if bool(certs.serving_cert_file) != bool(certs.serving_key_file):
         missing = "servingKeyFile" if certs.serving_cert_file else "servingCertFile"
         raise ConfigError(source, f"certificates.{missing}", "servingCertFile and servingKeyFile go together")

@@ -86,12 +86,19 @@ class BackendsReachable:
 
     def check(self) -> tuple[bool, str]:
         online = any(b.healthy for b in self._backends)
-        states = ", ".join(f"{b.url} {'healthy' if b.healthy else 'unhealthy'}" for b in self._backends)
+        states = ", ".join(_state(b) for b in self._backends)
         if online:
             return True, states
         if self._offline_ok():
             return True, "no healthy backend, answering from the cache: " + states
         return False, "no healthy backend: " + states
+
+
+def _state(backend: Backend) -> str:
+    """``url healthy`` or ``url unhealthy (why)``."""
+    if backend.healthy:
+        return f"{backend.url} healthy"
+    return f"{backend.url} unhealthy ({backend.reason})" if backend.reason else f"{backend.url} unhealthy"
 
 
 @implementer(IReadinessCheck)

@@ -15,14 +15,31 @@ class IBackend(Interface):
     healthy = Attribute("Whether requests may be sent to it now (bool).")
 
 
-class IUpstreamSelector(Interface):
-    """Chooses which cloud backends a request goes to, in the order to try them."""
+class IFailoverFactory(Interface):
+    """Decides which cloud backends a request goes to, in the order to try them.
 
-    def backends_for(info):  # noqa: N805 - zope interface methods have no self
-        """Return the healthy backends for this `RequestInfo`, first choice first."""
+    The proxy asks again after every failed attempt, so a backend that failed (or turned
+    unhealthy meanwhile) is skipped by the next answer.
+    """
+
+    backends = Attribute("Every backend, in configured (priority) order (list of IBackend).")
+
+    def attempts(info):  # noqa: N805 - zope interface methods have no self
+        """A fresh `IAttempts` for one request described by a `RequestInfo` (or None)."""
 
     def any_healthy():  # noqa: N805
         """True if at least one backend is healthy."""
+
+    def outranked(backend):  # noqa: N805
+        """True when requests should move off ``backend``: in priority mode, a backend
+        configured before it is healthy; never in round-robin mode."""
+
+
+class IAttempts(Interface):
+    """The backends one request may still try."""
+
+    def next():  # noqa: N805
+        """The next backend to try (healthy now, not tried yet), or None when none is left."""
 
 
 class ICredentialSource(Interface):

@@ -76,6 +76,26 @@ class ProxyMetrics:
             ["server"],
             registry=r,
         )
+        # Labelled by configured server URLs only, so bounded by the config.
+        self.backend_requests = Counter(
+            "yurthub_backend_requests",
+            "Requests sent to each cloud backend (every attempt, retries included).",
+            ["server"],
+            registry=r,
+        )
+        self.failovers = Counter(
+            "yurthub_failovers",
+            "Requests retried on another backend after an attempt on this one failed.",
+            ["server"],
+            registry=r,
+        )
+        self.streams_moved = Counter(
+            "yurthub_streams_moved",
+            "Open streams ended so their clients reconnect elsewhere: the backend turned "
+            "unhealthy, or (priority mode) a preferred backend is healthy again.",
+            ["reason"],
+            registry=r,
+        )
 
         self._seen: dict[str, set[str]] = {"component": set(), "verb": set(), "resource": set()}
         self._children: dict[tuple[Any, ...], Any] = {}
@@ -105,7 +125,11 @@ class ProxyMetrics:
         component = self._bounded("component", component)
         self._child(self.in_flight, component).dec()
         self._child(
-            self.requests, component, self._bounded("verb", verb), self._bounded("resource", resource), code
+            self.requests,
+            component,
+            self._bounded("verb", verb),
+            self._bounded("resource", resource),
+            code,
         ).inc()
 
     def observe_upstream(self, verb: str, seconds: float) -> None:
@@ -126,10 +150,30 @@ class StoreHealthCollector:
     def collect(self) -> Iterator[Any]:
         health = self._health()
         for name, help_text, value in (
-            ("yurthub_cache_disk_errors_total", "Failed disk operations of the cache.", health.errors),
-            ("yurthub_cache_dropped_writes_total", "Cache writes dropped because the writer was behind.", health.dropped),
-            ("yurthub_cache_corrupt_files_total", "Cache files skipped at load as unreadable.", health.corrupt_files),
+            (
+                "yurthub_cache_disk_errors_total",
+                "Failed disk operations of the cache.",
+                health.errors,
+            ),
+            (
+                "yurthub_cache_dropped_writes_total",
+                "Cache writes dropped because the writer was behind.",
+                health.dropped,
+            ),
+            (
+                "yurthub_cache_corrupt_files_total",
+                "Cache files skipped at load as unreadable.",
+                health.corrupt_files,
+            ),
         ):
             yield CounterMetricFamily(name.removesuffix("_total"), help_text, value=value)
-        yield GaugeMetricFamily("yurthub_cache_pending_writes", "Cache writes waiting for the writer.", value=health.pending)
-        yield GaugeMetricFamily("yurthub_cache_degraded", "1 while the cache cannot keep up or write.", value=1 if health.degraded else 0)
+        yield GaugeMetricFamily(
+            "yurthub_cache_pending_writes",
+            "Cache writes waiting for the writer.",
+            value=health.pending,
+        )
+        yield GaugeMetricFamily(
+            "yurthub_cache_degraded",
+            "1 while the cache cannot keep up or write.",
+            value=1 if health.degraded else 0,
+        )

@@ -30,8 +30,9 @@ from yurthub.proxy.local import LocalProxy
 from yurthub.proxy.remote import RemoteProxy
 from yurthub.proxy.root import ProxyRoot, ProxySite, make_site
 from yurthub.proxy.upgrade import UpgradeSplicer
-from yurthub.upstream.backends import Backend, make_selector
+from yurthub.upstream.backends import Backend
 from yurthub.upstream.endpoints import BackendEndpointFactory
+from yurthub.upstream.failover import FailoverFactory
 from yurthub.upstream.health import HealthChecker
 from yurthub.upstream.tls import FileCredentials
 
@@ -66,7 +67,12 @@ class Listener(Service):
         self.listening.callback(port)
 
     def _failed(self, failure: Any) -> None:
-        _log.critical("cannot listen on {key} ({desc}): {err}", key=self.key, desc=self.description, err=failure.getErrorMessage())
+        _log.critical(
+            "cannot listen on {key} ({desc}): {err}",
+            key=self.key,
+            desc=self.description,
+            err=failure.getErrorMessage(),
+        )
         self.listening.errback(failure)
         self.listening.addErrback(lambda _: None)
         if IReactorCore.providedBy(self._reactor) and self._reactor.running:
@@ -129,7 +135,7 @@ class YurtHub(MultiService):
         self.reactor = reactor
         self.metrics = ProxyMetrics()
         self.backends = [Backend(url, on_change=self._backend_changed) for url in config.servers]
-        self.selector = make_selector(config.load_balancing, self.backends)
+        self.failover = FailoverFactory(config.load_balancing, self.backends)
         certs = config.certificates
         self.credentials = credentials or FileCredentials.from_files(certs.ca_file, certs.cert_file, certs.key_file)
         node_endpoints = BackendEndpointFactory(reactor, self.credentials, with_client_certificate=True)
@@ -147,11 +153,17 @@ class YurtHub(MultiService):
         self._wanted = False
         self._stopped = False
         self.remote = RemoteProxy(
-            reactor, self.selector, node_endpoints, token_endpoints, self.metrics, cache=self.cache
+            reactor,
+            self.failover,
+            node_endpoints,
+            token_endpoints,
+            self.metrics,
+            cache=self.cache,
+            return_grace=config.health_check.return_grace_seconds,
         )
-        self.upgrades = UpgradeSplicer(reactor, self.selector, node_endpoints, token_endpoints, self.metrics)
+        self.upgrades = UpgradeSplicer(reactor, self.failover, node_endpoints, token_endpoints, self.metrics)
         self.metrics.registry.register(StoreHealthCollector(lambda: self.store.health))
-        self.janitor = CacheJanitor(reactor, self.store, self.selector, self.remote.node_agent, config.node_name)
+        self.janitor = CacheJanitor(reactor, self.store, self.failover, self.remote.node_agent, config.node_name)
         self.health = HealthChecker(reactor, self.backends, node_endpoints, config.health_check, self.metrics)
         self.root = ProxyRoot(self.remote, self.upgrades, self.metrics, unavailable=self.local.answer)
         self.listening = Flag("listeners", "proxy listener not bound yet")
@@ -193,6 +205,8 @@ class YurtHub(MultiService):
 
     def _backend_changed(self, backend: Backend) -> None:
         self.metrics.backend_healthy.labels(backend.url).set(1 if backend.healthy else 0)
+        self.health.backend_changed(backend)
+        self.remote.backend_changed(backend)
         if backend.healthy:
             # Offline watches end as soon as the cloud is back, so clients re-watch there.
             self.local.cloud_is_back()

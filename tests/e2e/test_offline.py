@@ -87,7 +87,7 @@ class OfflineTests(TestCase):
         await cloud.server.stop_listening()
         await cloud.hub.stopService()
         hub2 = await start_hub(self, [cloud.server.url], credentials=cloud.hub.credentials, cache={"dir": cache_dir, "agents": ["kubelet", "kube-proxy", "flanneld", "coredns"]})
-        await wait_until(lambda: not hub2.selector.any_healthy())
+        await wait_until(lambda: not hub2.failover.any_healthy())
         base = f"http://127.0.0.1:{hub2.port_of('listen.proxy')}"
 
         for (agent, path), body in online.items():

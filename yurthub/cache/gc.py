@@ -26,7 +26,7 @@ from twisted.web.client import readBody
 from twisted.web.http_headers import Headers
 
 from yurthub.cache.keys import GVR
-from yurthub.interfaces import IObjectStore, IUpstreamSelector
+from yurthub.interfaces import IFailoverFactory, IObjectStore
 from yurthub.kube.meta import parse_timestamp
 
 _log = Logger()
@@ -40,12 +40,17 @@ class CacheJanitor:
     """Removes cached objects that no longer deserve to be served."""
 
     def __init__(
-        self, clock: IReactorTime, store: IObjectStore, selector: IUpstreamSelector, agent: Any, node_name: str = ""
+        self,
+        clock: IReactorTime,
+        store: IObjectStore,
+        failover: IFailoverFactory,
+        agent: Any,
+        node_name: str = "",
     ) -> None:
         self._clock = clock
         self._node_name = node_name
         self._store = store
-        self._selector = selector
+        self._failover = failover
         self._agent = agent
         self._events_loop: LoopingCall | None = None
         self._asking: defer.Deferred[Any] | None = None
@@ -101,17 +106,17 @@ class CacheJanitor:
         if self.pods_collected or self._stopped:
             return 0
         cached = [key for key, _ in self._store.list("kubelet", PODS, None)]
-        backends = self._selector.backends_for(None)
+        backend = self._failover.attempts(None).next()
         if not cached:
-            self.pods_collected = bool(backends)
+            self.pods_collected = backend is not None
             return 0
-        if not backends:
+        if backend is None:
             return 0  # offline: try again when the cloud is back
         selector = quote(f"spec.nodeName={self._node_name}", safe="")
         target = f"/api/v1/pods?fieldSelector={selector}".encode()
         headers = Headers({b"user-agent": [b"yurthub/gc"], b"accept": [b"application/json"]})
         try:
-            self._asking = self._agent.request_to(backends[0], b"GET", target, headers, None)
+            self._asking = self._agent.request_to(backend, b"GET", target, headers, None)
             response = yield self._asking
             self._asking = readBody(response)
             body = yield self._asking
@@ -125,7 +130,13 @@ class CacheJanitor:
             return 0
         try:
             items = json.loads(body)["items"]
-            present = {((i.get("metadata") or {}).get("namespace", ""), (i.get("metadata") or {}).get("name", "")) for i in items}
+            present = {
+                (
+                    (i.get("metadata") or {}).get("namespace", ""),
+                    (i.get("metadata") or {}).get("name", ""),
+                )
+                for i in items
+            }
         except (ValueError, KeyError, TypeError, AttributeError):
             _log.info("pod collection paused: the cloud's pod list did not decode")
             return 0

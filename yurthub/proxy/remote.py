@@ -19,10 +19,12 @@ Failure rules:
 
 from __future__ import annotations
 
+import random as _random
 import re
 from collections.abc import Callable
 from typing import Any
 
+from OpenSSL import SSL
 from twisted.internet import defer
 from twisted.internet.error import ConnectError, ConnectingCancelledError, DNSLookupError
 from twisted.internet.interfaces import IConsumer, IPushProducer, IReactorTime
@@ -37,7 +39,7 @@ from twisted.web.server import Request
 from zope.interface import implementer
 
 from yurthub.cache.manager import CacheManager, ResponseTee
-from yurthub.interfaces import IUpstreamSelector
+from yurthub.interfaces import IAttempts, IFailoverFactory
 from yurthub.metrics import ProxyMetrics
 from yurthub.proxy.headers import has_bearer_token, request_target, strip_hop_by_hop
 from yurthub.proxy.status import abort_client, finish_with_status
@@ -108,7 +110,12 @@ class BackendAgent(Agent):
         self._uris: dict[Backend, URI] = {}
 
     def request_to(
-        self, backend: Backend, method: bytes, target: bytes, headers: Headers, body: IBodyProducer | None
+        self,
+        backend: Backend,
+        method: bytes,
+        target: bytes,
+        headers: Headers,
+        body: IBodyProducer | None,
     ) -> defer.Deferred[IResponse]:
         uri = self._uris.get(backend)
         if uri is None:
@@ -136,6 +143,8 @@ class ResponseRelay(Protocol):
         self._on_bytes = on_bytes
         self._tee = tee
         self.client_gone = False
+        #: Whether what was relayed so far ends at a line end (a whole JSON watch event).
+        self.at_line_end = True
 
     def connectionMade(self) -> None:  # noqa: N802
         producer: IPushProducer = self.transport  # type: ignore[assignment]
@@ -145,6 +154,7 @@ class ResponseRelay(Protocol):
         if self.client_gone:
             return
         self.request.write(data)
+        self.at_line_end = data.endswith(b"\n")
         self._on_bytes(len(data))
         if self._tee is not None:
             self._feed(data)
@@ -184,14 +194,36 @@ class ResponseRelay(Protocol):
         if self.transport is not None:
             self.transport.stopProducing()  # type: ignore[attr-defined]
 
+    def cut(self, *, cleanly: bool) -> None:
+        """Leave the backend mid-response: drop the upstream connection and end the
+        client's response, ``cleanly`` (finished, as kube-apiserver ends a watch, so the
+        client re-watches from its last event) or by aborting its connection (a partial
+        list must never look whole)."""
+        if self.client_gone:
+            return
+        tee, self._tee = self._tee, None
+        if tee is not None:
+            tee.abandon()  # a watch's whole events are applied already
+        self.client_gone = True  # nothing more reaches the client from this relay
+        request = self.request
+        request.unregisterProducer()
+        if self.transport is not None:
+            self.transport.stopProducing()  # type: ignore[attr-defined]
+        if cleanly and self.at_line_end:
+            request.finish()
+        else:
+            abort_client(request)
+
 
 class RemoteProxy:
-    """Sends requests to the cloud backends chosen by the selector and relays the answers."""
+    """Sends requests to the cloud backends the failover factory names and relays the
+    answers; keeps track of which exchanges are open on which backend, so that streams
+    follow backend health (`backend_changed`)."""
 
     def __init__(
         self,
         reactor: IReactorTime,
-        selector: IUpstreamSelector,
+        failover: IFailoverFactory,
         node_endpoints: BackendEndpointFactory,
         token_endpoints: BackendEndpointFactory,
         metrics: ProxyMetrics,
@@ -199,16 +231,22 @@ class RemoteProxy:
         max_persistent_per_host: int = 64,
         idle_timeout: float = 90.0,
         cache: CacheManager | None = None,
+        return_grace: float = 60.0,
+        random: Callable[[], float] = _random.random,
     ) -> None:
         self.reactor = reactor
-        self.selector = selector
+        self.failover = failover
         self.metrics = metrics
         self.cache = cache
+        self.return_grace = return_grace
+        self._random = random
         self.pools: list[HTTPConnectionPool] = []
         self._node_agent = self._make_agent(node_endpoints, max_persistent_per_host, idle_timeout)
         self._token_agent = self._make_agent(token_endpoints, max_persistent_per_host, idle_timeout)
         self.bytes_down = metrics.bytes_proxied.labels("down")
         self.bytes_up = metrics.bytes_proxied.labels("up")
+        #: The exchanges open on each backend (waiting for headers or relaying a body).
+        self.open: dict[Backend, set[_Exchange]] = {b: set() for b in failover.backends}
 
     def _make_agent(self, endpoints: BackendEndpointFactory, per_host: int, idle: float) -> BackendAgent:
         pool = make_pool(self.reactor, per_host, idle)  # retries are ours: we know which backend is next
@@ -217,25 +255,70 @@ class RemoteProxy:
 
     def close(self) -> defer.Deferred[Any]:
         """Close every pooled upstream connection (at shutdown)."""
+        for exchanges in self.open.values():
+            for exchange in exchanges:
+                exchange.cancel_move()
         return defer.gatherResults([pool.closeCachedConnections() for pool in self.pools])
 
-    def handle(self, request: Request, info: RequestInfo, on_unavailable: Callable[[Request, RequestInfo, str], None]) -> None:
+    def handle(
+        self,
+        request: Request,
+        info: RequestInfo,
+        on_unavailable: Callable[[Request, RequestInfo, str], None],
+    ) -> None:
         """Relay ``request`` to the cloud. ``on_unavailable`` answers it instead when no
         backend can take it (the router passes the offline path or a 503)."""
-        backends = self.selector.backends_for(info)
-        if not backends:
+        attempts = self.failover.attempts(info)
+        backend = attempts.next()
+        if backend is None:
             on_unavailable(request, info, "no healthy cloud backend")
             return
-        _Exchange(self, request, info, backends, on_unavailable).start()
+        _Exchange(self, request, info, attempts, on_unavailable).start(backend)
 
     @property
     def node_agent(self) -> BackendAgent:
         """The agent whose connections present the node's client certificate."""
         return self._node_agent
 
+    def backend_changed(self, backend: Backend) -> None:
+        """Make open exchanges follow a backend's new health.
+
+        Unhealthy: every exchange on it leaves it now. One still waiting for response
+        headers is retried on the next backend if it is idempotent (else answered 503); one
+        relaying a body is ended (a watch cleanly, so its client re-watches elsewhere or gets
+        offline answers; anything else aborted). Healthy again, in priority mode: watches on
+        the backends it outranks are moved after ``return_grace`` seconds, each at its own
+        random moment in [grace, 1.5 x grace], so their clients do not all re-list at once.
+        """
+        if not backend.healthy:
+            exchanges = list(self.open.get(backend, ()))
+            if exchanges:
+                _log.info("moving {n} open requests off {url}", n=len(exchanges), url=backend.url)
+            for exchange in exchanges:
+                exchange.backend_lost(backend)
+            return
+        for other, open_there in self.open.items():
+            if other is backend or not self.failover.outranked(other):
+                continue
+            for exchange in open_there:
+                if exchange.info.is_watch:
+                    exchange.schedule_move(self.return_grace * (1 + 0.5 * self._random()))
+
     # used by _Exchange
     def agent_for(self, request: Request) -> BackendAgent:
         return self._token_agent if has_bearer_token(request.requestHeaders) else self._node_agent
+
+
+def _failure_kind(failure: Failure) -> str:
+    """``connect`` (nothing reached the backend: refused, timed out, DNS), ``tls`` (the
+    handshake failed, so no request byte left in the clear) or ``response`` (the request
+    may have been received: the connection failed before the response headers)."""
+    if failure.check(ConnectError, DNSLookupError, ConnectingCancelledError):
+        return "connect"
+    reasons = getattr(failure.value, "reasons", None) or [failure]
+    if any(r.check(SSL.Error) for r in reasons):
+        return "tls"
+    return "response"
 
 
 class _Exchange:
@@ -246,17 +329,20 @@ class _Exchange:
         proxy: RemoteProxy,
         request: Request,
         info: RequestInfo,
-        backends: list[Backend],
+        attempts: IAttempts,
         on_unavailable: Callable[[Request, RequestInfo, str], None],
     ) -> None:
         self.proxy = proxy
         self.request = request
         self.info = info
-        self.backends = backends
+        self.attempts = attempts
         self.on_unavailable = on_unavailable
+        self.backend: Backend | None = None
         self.pending: defer.Deferred[IResponse] | None = None
         self.relay: ResponseRelay | None = None
         self.client_gone = False
+        self._seq = 0  # the current attempt; outcomes of abandoned ones are ignored
+        self._move: Any = None  # the delayed call that moves a watch back to a preferred backend
         # Before the headers go up: the cache may ask the cloud for JSON.
         self.tee = proxy.cache.tee_for(info, request) if proxy.cache is not None else None
         self.headers = strip_hop_by_hop(request.requestHeaders, also_drop=_DROP_UP)
@@ -269,15 +355,17 @@ class _Exchange:
         self.body = body if has_body else None
         self.target = request_target(request)
 
-    def start(self) -> None:
-        self.request.notifyFinish().addErrback(self._client_went_away)
-        self.attempt(0)
+    def start(self, backend: Backend) -> None:
+        self.request.notifyFinish().addCallbacks(self._ended, self._client_went_away)
+        self.attempt(backend)
 
-    def attempt(self, index: int) -> None:
-        backend = self.backends[index]
+    def attempt(self, backend: Backend) -> None:
+        self._join(backend)
+        self._seq += 1
         producer = BytesProducer(self.body) if self.body is not None else None
         if producer is not None:
             self.proxy.bytes_up.inc(producer.length)
+        self.proxy.metrics.backend_requests.labels(backend.url).inc()
         started = self.proxy.reactor.seconds()
         # Setting Host ourselves also spares the Agent a copy of the headers.
         self.headers.setRawHeaders(b"host", [backend.host_header])
@@ -287,17 +375,17 @@ class _Exchange:
         self.pending.addCallbacks(
             self.got_response,
             self.failed,
-            callbackArgs=(started,),
-            errbackArgs=(index, backend),
+            callbackArgs=(started, self._seq),
+            errbackArgs=(backend, self._seq),
         )
 
-    def got_response(self, response: IResponse, started: float) -> None:
+    def got_response(self, response: IResponse, started: float, seq: int) -> None:
+        if seq != self._seq or self.client_gone:
+            response.deliverBody(_Discard())
+            return
         self.pending = None
         self.proxy.metrics.observe_upstream(self.info.verb, self.proxy.reactor.seconds() - started)
         request = self.request
-        if self.client_gone:
-            response.deliverBody(_Discard())
-            return
         request.setResponseCode(response.code, response.phrase)
         # The Agent already took the connection-control fields out of response.headers;
         # what remains is the answer's own, so it becomes the client's as it is.
@@ -315,36 +403,97 @@ class _Exchange:
         self.relay = ResponseRelay(request, self.proxy.bytes_down.inc, tee)
         response.deliverBody(self.relay)
 
-    def failed(self, failure: Failure, index: int, backend: Backend) -> None:
+    def failed(self, failure: Failure, backend: Backend, seq: int) -> None:
+        if seq != self._seq:
+            return  # an attempt abandoned when its backend turned unhealthy
         self.pending = None
         if self.client_gone or failure.check(defer.CancelledError):
             return
         if failure.check(ValueError):  # the request itself cannot be sent (bad target)
             finish_with_status(self.request, 400, failure.getErrorMessage())
             return
-        nothing_sent = failure.check(ConnectError, DNSLookupError, ConnectingCancelledError) is not None
-        kind = "connect" if nothing_sent else "response"
+        kind = _failure_kind(failure)
         self.proxy.metrics.upstream_errors.labels(kind).inc()
-        _log.info(
+        reason = failure.getErrorMessage()
+        _log.debug(
             "{method} {uri} to {backend} failed: {err}",
             method=self.request.method.decode("ascii", "replace"),
             uri=self.request.uri,
             backend=backend.url,
-            err=failure.getErrorMessage(),
+            err=reason,
         )
-        if nothing_sent:
-            backend.set_healthy(False, f"connection failed: {failure.getErrorMessage()}")
-        retry = nothing_sent or self.info.verb in _IDEMPOTENT
-        if retry and index + 1 < len(self.backends):
-            self.attempt(index + 1)
-        elif nothing_sent and not self.proxy.selector.any_healthy():
-            self.on_unavailable(self.request, self.info, f"cloud unreachable: {failure.getErrorMessage()}")
-        else:
-            code = 503 if nothing_sent else 502
-            finish_with_status(self.request, code, f"upstream {backend.url} failed: {failure.getErrorMessage()}")
+        nothing_sent = kind != "response"
+        self._leave()
+        if nothing_sent:  # passive health: the backend cannot be reached at all
+            backend.set_healthy(False, f"{'TLS handshake' if kind == 'tls' else 'connection'} failed: {reason}")
+        self._fail_over(backend, nothing_sent or self.info.verb in _IDEMPOTENT, nothing_sent, reason)
+
+    def backend_lost(self, backend: Backend) -> None:
+        """``backend`` turned unhealthy while this exchange was open on it."""
+        if self.client_gone or backend is not self.backend:
+            return
+        if self.pending is not None:  # no response headers yet
+            pending, self.pending = self.pending, None
+            self._seq += 1
+            pending.cancel()
+            self._leave()
+            reason = f"{backend.url} became unhealthy" + (f" ({backend.reason})" if backend.reason else "")
+            self._fail_over(backend, self.info.verb in _IDEMPOTENT, True, reason)
+        elif self.relay is not None:
+            self.proxy.metrics.streams_moved.labels("unhealthy").inc()
+            self.relay.cut(cleanly=self.info.is_watch)
+
+    def _fail_over(self, backend: Backend, retry: bool, unreachable: bool, reason: str) -> None:
+        """After an attempt on ``backend`` failed: the next backend, offline answers or a
+        ``Status`` error."""
+        if retry:
+            following = self.attempts.next()
+            if following is not None:
+                self.proxy.metrics.failovers.labels(backend.url).inc()
+                self.attempt(following)
+                return
+            if unreachable and not self.proxy.failover.any_healthy():
+                self.on_unavailable(self.request, self.info, f"cloud unreachable: {reason}")
+                return
+        code = 503 if unreachable else 502
+        finish_with_status(self.request, code, f"upstream {backend.url} failed: {reason}")
+
+    def schedule_move(self, delay: float) -> None:
+        """Move this watch to a preferred backend in ``delay`` seconds (once)."""
+        if self._move is None and self.relay is not None and not self.client_gone:
+            self._move = self.proxy.reactor.callLater(delay, self._move_if_outranked)  # type: ignore[attr-defined]
+
+    def _move_if_outranked(self) -> None:
+        self._move = None
+        backend = self.backend
+        if backend is None or self.relay is None or self.client_gone:
+            return
+        if backend.healthy and self.proxy.failover.outranked(backend):
+            self.proxy.metrics.streams_moved.labels("preferred").inc()
+            self.relay.cut(cleanly=True)
+
+    def cancel_move(self) -> None:
+        if self._move is not None and self._move.active():
+            self._move.cancel()
+        self._move = None
+
+    def _join(self, backend: Backend) -> None:
+        self._leave()
+        self.backend = backend
+        self.proxy.open.setdefault(backend, set()).add(self)
+
+    def _leave(self) -> None:
+        if self.backend is not None:
+            self.proxy.open.get(self.backend, set()).discard(self)
+            self.backend = None
+
+    def _ended(self, _: object) -> None:
+        self.cancel_move()
+        self._leave()
 
     def _client_went_away(self, failure: Failure) -> None:
         self.client_gone = True
+        self._ended(None)
         if self.pending is not None:
             self.pending.cancel()
         if self.relay is not None:

@@ -20,11 +20,12 @@ from twisted.protocols.policies import ProtocolWrapper
 from twisted.python.failure import Failure
 from twisted.web.server import Request
 
-from yurthub.interfaces import IUpstreamSelector
+from yurthub.interfaces import IFailoverFactory
 from yurthub.metrics import ProxyMetrics
 from yurthub.proxy.headers import has_bearer_token, request_target, strip_hop_by_hop
 from yurthub.proxy.status import finish_with_status
 from yurthub.requestinfo import RequestInfo
+from yurthub.upstream.backends import Backend
 from yurthub.upstream.endpoints import BackendEndpointFactory
 
 _log = Logger()
@@ -113,13 +114,13 @@ class UpgradeSplicer:
     def __init__(
         self,
         reactor: IReactorTime,
-        selector: IUpstreamSelector,
+        failover: IFailoverFactory,
         node_endpoints: BackendEndpointFactory,
         token_endpoints: BackendEndpointFactory,
         metrics: ProxyMetrics,
     ) -> None:
         self._reactor = reactor
-        self.selector = selector
+        self.failover = failover
         self._node_endpoints = node_endpoints
         self._token_endpoints = token_endpoints
         self._metrics = metrics
@@ -132,23 +133,28 @@ class UpgradeSplicer:
         on_done: Callable[[int], None],
     ) -> None:
         """Connect to the first healthy backend and splice; ``on_done(101)`` is called
-        when the spliced connection ends (twisted.web no longer sees this request)."""
-        backends = self.selector.backends_for(info)
-        if not backends:
+        when the spliced connection ends (twisted.web no longer sees this request). A
+        backend that cannot be connected to is marked unhealthy and the next one tried
+        (nothing has been sent to it yet)."""
+        attempts = self.failover.attempts(info)
+        backend = attempts.next()
+        if backend is None:
             on_unavailable(request, info, "no healthy cloud backend for an upgrade request")
             return
-        backend = backends[0]
         factory = self._token_endpoints if has_bearer_token(request.requestHeaders) else self._node_endpoints
-        endpoint = factory.endpoint_for(backend.scheme, backend.host, backend.port)
-        splice = _Splice(self._metrics, lambda: on_done(101))
-        head = _request_head(request, backend.url.split("://", 1)[1])
         body = b""
         if request.content is not None:
             request.content.seek(0)
             body = request.content.read()
-        connecting = endpoint.connect(Factory.forProtocol(lambda: splice.upstream))
+        splice = _Splice(self._metrics, lambda: on_done(101))
 
-        def connected(_: object) -> None:
+        def connect(backend: Backend) -> None:
+            endpoint = factory.endpoint_for(backend.scheme, backend.host, backend.port)
+            head = _request_head(request, backend.url.split("://", 1)[1])
+            connecting = endpoint.connect(Factory.forProtocol(lambda: splice.upstream))
+            connecting.addCallbacks(connected, failed, callbackArgs=(head,), errbackArgs=(backend,))
+
+        def connected(_: object, head: bytes) -> None:
             if getattr(request, "_disconnected", False) or request.channel is None:
                 splice.upstream.transport.loseConnection()  # type: ignore[union-attr]
                 return
@@ -159,12 +165,21 @@ class UpgradeSplicer:
             client_transport.registerProducer(upstream_transport, True)  # type: ignore[attr-defined]
             upstream_transport.registerProducer(client_transport, True)  # type: ignore[attr-defined]
 
-        def failed(failure: Failure) -> None:
+        def failed(failure: Failure, backend: Backend) -> None:
             backend.set_healthy(False, f"connection failed: {failure.getErrorMessage()}")
-            _log.info("upgrade to {backend} failed: {err}", backend=backend.url, err=failure.getErrorMessage())
+            _log.info(
+                "upgrade to {backend} failed: {err}",
+                backend=backend.url,
+                err=failure.getErrorMessage(),
+            )
+            following = attempts.next()
+            if following is not None and not getattr(request, "_disconnected", False):
+                self._metrics.failovers.labels(backend.url).inc()
+                connect(following)
+                return
             finish_with_status(request, 503, f"cannot reach {backend.url}: {failure.getErrorMessage()}")
 
-        connecting.addCallbacks(connected, failed)
+        connect(backend)
 
 
 def _request_head(request: Request, host: str) -> bytes:
@@ -172,7 +187,10 @@ def _request_head(request: Request, host: str) -> bytes:
     the backend's Host and the body length."""
     upgrade = request.requestHeaders.getRawHeaders(b"upgrade", [])
     headers = strip_hop_by_hop(request.requestHeaders, also_drop=frozenset({b"host", b"content-length"}))
-    lines = [request.method + b" " + request_target(request) + b" HTTP/1.1", b"Host: " + host.encode("ascii")]
+    lines = [
+        request.method + b" " + request_target(request) + b" HTTP/1.1",
+        b"Host: " + host.encode("ascii"),
+    ]
     for name, values in headers.getAllRawHeaders():
         lines.extend(name + b": " + value for value in values)
     lines.append(b"Connection: Upgrade")

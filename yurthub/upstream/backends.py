@@ -1,23 +1,19 @@
-"""Cloud backends and the selectors that order them for each request.
+"""Cloud backends: one API-server address each, with a health flag.
 
-A `Backend` is one API-server address with a health flag that the health checker (and,
-later, passive failure detection) flips. A selector returns, per request, the healthy
-backends in the order to try them: `RoundRobinSelector` rotates the start point per request
-so new requests spread evenly, `PrioritySelector` keeps the configured order so the first
-healthy server gets everything.
+The health checker flips the flag from its probes, and the remote proxy flips it to
+unhealthy at once when a real request cannot connect or fails its TLS handshake. Which
+backend a request goes to is `yurthub.upstream.failover`'s business.
 """
 
 from __future__ import annotations
 
-import itertools
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from urllib.parse import urlsplit
 
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from yurthub.interfaces import IBackend, IUpstreamSelector
-from yurthub.requestinfo import RequestInfo
+from yurthub.interfaces import IBackend
 
 _log = Logger()
 
@@ -38,6 +34,8 @@ class Backend:
         self.url_bytes = self.url.encode("ascii")
         self.host_header = f"{netloc}:{self.port}".encode("ascii")
         self._healthy = True
+        #: Why the backend is in its state: the last change's reason ("" at start).
+        self.reason = ""
         self._on_change = on_change
 
     @property
@@ -49,7 +47,9 @@ class Backend:
         if healthy == self._healthy:
             return
         self._healthy = healthy
-        _log.info(
+        self.reason = reason
+        log = _log.info if healthy else _log.warn
+        log(
             "backend {url} is now {state}{why}",
             url=self.url,
             state="healthy" if healthy else "unhealthy",
@@ -60,47 +60,3 @@ class Backend:
 
     def __repr__(self) -> str:
         return f"<Backend {self.url} {'healthy' if self._healthy else 'unhealthy'}>"
-
-
-@implementer(IUpstreamSelector)
-class PrioritySelector:
-    """Everything goes to the first healthy backend in configured order; the rest are
-    the fallbacks, tried in order."""
-
-    def __init__(self, backends: Sequence[Backend]) -> None:
-        self.backends = list(backends)
-
-    def backends_for(self, info: RequestInfo | None = None) -> list[Backend]:
-        return [b for b in self.backends if b.healthy]
-
-    def any_healthy(self) -> bool:
-        return any(b.healthy for b in self.backends)
-
-
-@implementer(IUpstreamSelector)
-class RoundRobinSelector:
-    """Each new request starts at the next backend in turn, skipping unhealthy ones; the
-    others follow as fallbacks."""
-
-    def __init__(self, backends: Sequence[Backend]) -> None:
-        self.backends = list(backends)
-        self._turn = itertools.count()
-
-    def backends_for(self, info: RequestInfo | None = None) -> list[Backend]:
-        healthy = [b for b in self.backends if b.healthy]
-        if len(healthy) < 2:
-            return healthy
-        start = next(self._turn) % len(healthy)
-        return healthy[start:] + healthy[:start]
-
-    def any_healthy(self) -> bool:
-        return any(b.healthy for b in self.backends)
-
-
-def make_selector(mode: str, backends: Sequence[Backend]) -> PrioritySelector | RoundRobinSelector:
-    """The selector for a ``loadBalancing`` mode (``rr`` or ``priority``)."""
-    if mode == "priority":
-        return PrioritySelector(backends)
-    if mode == "rr":
-        return RoundRobinSelector(backends)
-    raise ValueError(f"unknown load-balancing mode {mode!r}")

@@ -5,11 +5,19 @@ when the server answers 404) with the node's credentials and a timeout; ``unheal
 consecutive failures mark the backend unhealthy and ``healthyThreshold`` consecutive
 successes mark it healthy again. A probe that raises is logged and the loop goes on: the
 Deferred each round returns never fails, because a failed `LoopingCall` stops for good.
+
+The first round runs at start; each later one ``intervalSeconds`` after the previous one
+ended, less up to 10 % at random, so the nodes of a cluster that restarted together do
+not probe the cloud in lockstep. A backend that accepts connections but never answers is
+therefore marked unhealthy within ``intervalSeconds`` + ``timeoutSeconds``. A
+backend marked unhealthy by a failed real request (passive health) needs
+``healthyThreshold`` successful probes from then on to be healthy again.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import random as _random
+from collections.abc import Callable, Sequence
 
 from twisted.internet import defer
 from twisted.internet.interfaces import IReactorTime
@@ -26,6 +34,10 @@ from yurthub.upstream.endpoints import BackendEndpointFactory
 
 _log = Logger()
 
+#: Each round's interval is ``intervalSeconds`` times a random factor in [1 - JITTER, 1]
+#: (never longer, so detection stays within ``intervalSeconds + timeoutSeconds``).
+JITTER = 0.1
+
 
 class HealthChecker:
     """Probes every backend on a schedule and flips its health flag."""
@@ -37,14 +49,17 @@ class HealthChecker:
         endpoints: BackendEndpointFactory,
         settings: HealthCheckConfig,
         metrics: ProxyMetrics,
+        *,
+        random: Callable[[], float] = _random.random,
     ) -> None:
         self._reactor = reactor
+        self._random = random
         self.backends = list(backends)
         self._settings = settings
         self._metrics = metrics
         self._pool = make_pool(reactor, 1, 2 * settings.interval_seconds)
         self._agent = Agent.usingEndpointFactory(reactor, endpoints, pool=self._pool)
-        self._loops: list[LoopingCall] = []
+        self._loops: dict[Backend, LoopingCall] = {}
         self._pending: set[defer.Deferred[int]] = set()
         self._streak: dict[Backend, int] = dict.fromkeys(self.backends, 0)
         self.last_error: dict[Backend, str] = {}
@@ -56,15 +71,15 @@ class HealthChecker:
         for backend in self.backends:
             loop = LoopingCall(self.probe, backend)
             loop.clock = self._reactor
-            self._loops.append(loop)
+            self._loops[backend] = loop
             loop.start(self._settings.interval_seconds, now=True)
 
     def stop(self) -> defer.Deferred[object]:
         """Stop probing and close the probe connections."""
-        for loop in self._loops:
+        for loop in self._loops.values():
             if loop.running:
                 loop.stop()
-        self._loops = []
+        self._loops = {}
         for d in list(self._pending):
             d.cancel()
         return self._pool.closeCachedConnections()
@@ -80,6 +95,19 @@ class HealthChecker:
             _log.failure("health probe of {url} raised", url=backend.url)
             ok, detail = False, f"probe error: {e}"
         self._record(backend, ok, detail)
+        loop = self._loops.get(backend)
+        if loop is not None:
+            # LoopingCall schedules the next round when this one's Deferred fires, at the
+            # next multiple of ``interval`` since ``starttime``: restarting the count now
+            # makes the wait exactly the jittered interval, counted from the end of this round.
+            loop.interval = self._settings.interval_seconds * (1 - JITTER * self._random())
+            loop.starttime = self._reactor.seconds()
+
+    def backend_changed(self, backend: Backend) -> None:
+        """A backend's health changed, maybe not by a probe (a real request failed): the
+        successes before that do not count towards its recovery."""
+        if not backend.healthy and self._streak.get(backend, 0) > 0:
+            self._streak[backend] = 0
 
     @defer.inlineCallbacks
     def _ask(self, backend: Backend, path: bytes):  # type: ignore[no-untyped-def]
