@@ -1,9 +1,11 @@
-"""``python -m bench [proxy-list|autonomy] [--duration S] [--connections N] [--quick] ...``
+"""``python -m bench [proxy-list|autonomy|failover] [--duration S] [--connections N] [--quick] ...``
 
 The command line of the benchmarks. ``proxy-list`` is `bench.proxy_list` (yurthub next to
 nginx and to no proxy, serving a 100-pod list); ``autonomy`` is `bench.autonomy` (yurthub
 answering from its cache with the cloud stopped, relaying watches into it, its memory and
-an offline restart). Without a name both run, proxy-list first.
+an offline restart); ``failover`` is `bench.failover` (the preferred of two clouds stopped
+and restarted under load, through yurthub and through nginx as kubespray's nginx-proxy).
+Without a name all run, in that order.
 """
 
 from __future__ import annotations
@@ -13,10 +15,10 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from bench import autonomy, proxy_list
+from bench import autonomy, failover, proxy_list
 from bench.results import RESULTS_PATH
 
-BENCHMARKS = ("proxy-list", "autonomy")
+BENCHMARKS = ("proxy-list", "autonomy", "failover")
 
 
 def _positive(text: str) -> float:
@@ -34,7 +36,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "installs them with apt-get when run as root).",
     )
     parser.add_argument("benchmark", nargs="?", default=None, choices=BENCHMARKS,
-                        help="which benchmark to run (default: both, proxy-list first)")  # fmt: skip
+                        help="which benchmark to run (default: all, in this order)")  # fmt: skip
     parser.add_argument("--duration", type=_positive, default=None,
                         help="seconds of measurement per configuration (default 10, 3 with --quick)")  # fmt: skip
     parser.add_argument("--connections", type=int, default=16,
@@ -50,6 +52,17 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                         help="autonomy: watch events per relay run (default 20000, 5000 with --quick)")  # fmt: skip
     parser.add_argument("--relay-runs", type=int, default=None,
                         help="autonomy: relay runs per path per round (default 3, 1 with --quick)")  # fmt: skip
+    parser.add_argument("--steady", type=_positive, default=None,
+                        help="failover: seconds of load before the preferred cloud stops (default 3, 2 with --quick)")  # fmt: skip
+    parser.add_argument("--down", type=_positive, default=None,
+                        help="failover: seconds the preferred cloud stays stopped (default 6, 3 with --quick)")  # fmt: skip
+    parser.add_argument("--up", type=_positive, default=None,
+                        help="failover: seconds of load after its restart (default 10, 9 with --quick; "
+                        "longer than 1.5 x --return-grace to see watches come back)")  # fmt: skip
+    parser.add_argument("--watches", type=int, default=20,
+                        help="failover: watches open through each proxy (default 20)")  # fmt: skip
+    parser.add_argument("--return-grace", type=_positive, default=5.0,
+                        help="failover: yurthub's healthCheck.returnGraceSeconds (default 5)")  # fmt: skip
     parser.add_argument("--quick", action="store_true",
                         help="smoke run: 3 s per configuration, fewer watch events")  # fmt: skip
     parser.add_argument("--results", type=Path, default=RESULTS_PATH,
@@ -70,10 +83,28 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     if args.events < 1 or args.relay_runs < 1:
         parser.error("--events and --relay-runs must be at least 1")
     args.threads = max(1, min(args.threads, args.connections))
+    for name, full, quick in (("steady", 3.0, 2.0), ("down", 6.0, 3.0), ("up", 10.0, 9.0)):
+        if getattr(args, name) is None:
+            setattr(args, name, quick if args.quick else full)
+    if args.watches < 0:
+        parser.error("--watches must be at least 0")
     return args
 
 
 def _run_one(name: str, args: argparse.Namespace) -> int:
+    if name == "failover":
+        return failover.run(
+            failover.Settings(
+                steady=args.steady,
+                down=args.down,
+                up=args.up,
+                connections=args.connections,
+                watches=args.watches,
+                return_grace=args.return_grace,
+                results_path=args.results,
+                keep_temp=args.keep_temp,
+            )
+        )
     if name == "proxy-list":
         return proxy_list.run(
             proxy_list.Settings(
@@ -102,7 +133,7 @@ def _run_one(name: str, args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the chosen benchmark (or both) and return the process exit status: the first
+    """Run the chosen benchmark (or all) and return the process exit status: the first
     of 130 (interrupted) or 2 (tools missing) stops at once; else the worst status."""
     args = parse_args(argv)
     names = [args.benchmark] if args.benchmark else list(BENCHMARKS)

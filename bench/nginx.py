@@ -14,11 +14,13 @@ is measured.
 - `static_conf`: files served at given paths, ``worker_processes 1``: the anchor of the
   autonomy benchmark's offline lists (the bytes yurthub answered, served by nginx).
 - `stream_proxy_conf`: kubespray's ``nginx-proxy`` role as it ships (``loadbalancer/
-  nginx.conf.j2``): an L4 ``stream`` proxy with ``least_conn``; an extra row.
+  nginx.conf.j2``): an L4 ``stream`` proxy with ``least_conn``; an extra row, and with
+  two upstreams the failover benchmark's anchor.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 #: Client-side keep-alive limits for every instance: a wrk connection is never recycled,
@@ -147,17 +149,26 @@ http {{
 
 
 def stream_proxy_conf(
-    prefix: Path, port: int, upstream_port: int, *, module: str, workers: int = 1
+    prefix: Path,
+    port: int,
+    upstream_port: int | Sequence[int],
+    *,
+    module: str,
+    workers: int = 1,
 ) -> str:
     """kubespray's ``nginx-proxy`` as shipped: a TCP ``stream`` proxy (one upstream
-    connection per client connection, bytes copied without parsing HTTP)."""
+    connection per client connection, bytes copied without parsing HTTP). Several
+    upstream ports are several ``server`` lines, as kubespray writes one per control-plane
+    node (no ``max_fails``/``fail_timeout``: nginx's defaults, 1 and 10 s)."""
+    ports = [upstream_port] if isinstance(upstream_port, int) else list(upstream_port)
+    servers = "\n    ".join(f"server 127.0.0.1:{p};" for p in ports)
     return (
         _main(prefix, "stream", workers, module)
         + f"""
 stream {{
   upstream kube_apiserver {{
     least_conn;
-    server 127.0.0.1:{upstream_port};
+    {servers}
   }}
 
   server {{
