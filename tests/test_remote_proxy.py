@@ -20,6 +20,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
 from tests.support import fetch, listen_site, raw_connect, sleep, start_hub
+from yurthub.testing.failover import ScriptedFailover
 
 
 class Upstream(Resource):
@@ -289,6 +290,30 @@ class UnavailableTests(TestCase):
         code, _, _ = await fetch(self, b"GET", f"http://127.0.0.1:{hub.port_of('listen.proxy')}/api/v1/pods")
         self.assertEqual(code, 200)
         self.assertEqual(len(upstream.seen), 1)
+
+
+    async def test_the_failover_factory_is_asked_again_after_each_failed_attempt(self) -> None:
+        endpoint = TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1")
+        port = await endpoint.listen(Factory.forProtocol(Protocol))
+        dead = port.getHost().port
+        await port.stopListening()
+        upstream = Upstream()
+        live = await listen_site(self, upstream)
+        hub = await start_hub(self, [f"http://127.0.0.1:{dead}", f"http://127.0.0.1:{live}"])
+        hub.health.stop()
+        dead_backend, live_backend = hub.backends
+        scripted = ScriptedFailover([dead_backend, live_backend])
+        hub.remote.failover = scripted
+        base = f"http://127.0.0.1:{hub.port_of('listen.proxy')}"
+        code, _, _ = await fetch(self, b"GET", base + "/api/v1/pods")
+        self.assertEqual(code, 200)
+        self.assertEqual(scripted.handed_out, [dead_backend, live_backend])
+        self.assertFalse(dead_backend.healthy)  # the refused connection marked it
+        # A refused connection sent nothing, so even a POST goes on to the next backend.
+        code, _, _ = await fetch(self, b"POST", base + "/api/v1/namespaces/default/configmaps", body=b"{}")
+        self.assertEqual(code, 200)
+        self.assertEqual(scripted.handed_out[2:], [dead_backend, live_backend])
+        self.assertEqual([seen["method"] for seen in upstream.seen], [b"GET", b"POST"])
 
 
 class EchoUpgrade(Protocol):
