@@ -339,6 +339,25 @@ class _ReactorWithNames:
 class HostNameTests(Clouds):
     """Servers given by host name: resolved at every new connection."""
 
+    async def test_an_ip_backend_connects_while_the_reactor_thread_pool_is_busy(self) -> None:
+        # getaddrinfo runs in the reactor's thread pool: an IP address must not wait for it.
+        import threading
+
+        cloud = (await self.clouds(1))[0]
+        hub = await start_hub(self, [cloud.url])
+        release = threading.Event()
+        self.addCleanup(release.set)
+        pool = reactor.getThreadPool()  # type: ignore[attr-defined]
+        for _ in range(pool.max):
+            pool.callInThread(release.wait, 10)
+        await hub.remote.close()  # no pooled connection: the request needs a new one
+        client = await raw_connect(self, hub.port_of("listen.proxy"))  # no resolving here either
+        client.transport.write(  # type: ignore[union-attr]
+            f"GET {PODS} HTTP/1.1\r\nHost: hub\r\nUser-Agent: kubelet/v1.31.0\r\nConnection: close\r\n\r\n".encode()
+        )
+        await client.closed.addTimeout(5, reactor)
+        self.assertTrue(client.received.startswith(b"HTTP/1.1 200"), client.received[:100])
+
     async def test_localhost_as_a_host_name(self) -> None:
         cloud = (await self.clouds(1))[0]
         hub = await start_hub(self, [f"http://localhost:{cloud.port}"])

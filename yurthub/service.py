@@ -17,6 +17,7 @@ from twisted.internet.endpoints import serverFromString
 from twisted.internet.interfaces import IListeningPort, IProtocolFactory, IReactorCore
 from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOFactory
+from twisted.python.threadpool import ThreadPool
 from twisted.web.server import Site
 
 from yurthub.cache.gc import CacheJanitor
@@ -141,11 +142,15 @@ class YurtHub(MultiService):
         node_endpoints = BackendEndpointFactory(reactor, self.credentials, with_client_certificate=True)
         token_endpoints = BackendEndpointFactory(reactor, self.credentials, with_client_certificate=False)
         self.store = store if store is not None else FilesystemObjectStore(config.cache.dir, reactor=reactor)
+        # Decoding answers for the cache gets threads of its own: in the reactor's pool it
+        # would delay what else runs there (getaddrinfo for a new connection to a backend
+        # named by host name, in the middle of a failover).
+        self.decode_pool = ThreadPool(minthreads=0, maxthreads=2, name="yurthub-cache-decode")
         self.cache = CacheManager(
             self.store,
             config.cache.agents,
             self.metrics,
-            run_in_thread=lambda f, *args: threads.deferToThreadPool(reactor, reactor.getThreadPool(), f, *args),
+            run_in_thread=lambda f, *args: threads.deferToThreadPool(reactor, self.decode_pool, f, *args),
             release_memory=release_free_memory,
         )
         self.local = LocalProxy(self.cache, reactor)
@@ -221,6 +226,7 @@ class YurtHub(MultiService):
             _log.warn("{text}", text=warning)
         # Listeners open once the cache is in memory: nothing is answered from half of it.
         self._wanted = True
+        self.decode_pool.start()
         self.loading = self.store.load()
         self.loading.addCallbacks(self._loaded, self._load_failed)
         self.health.start()
@@ -268,6 +274,8 @@ class YurtHub(MultiService):
         yield self.remote.close()
         yield self.loading
         yield self.cache.drain()
+        if self.decode_pool.started:
+            self.decode_pool.stop()
         yield self.store.close()
 
     def started(self) -> defer.Deferred[Any]:
