@@ -257,6 +257,32 @@ class StreamingTests(ProxyTestCase):
         with self.assertRaises(ResponseFailed):
             await fetch(self, b"GET", self.base + "/api/v1/pods")
 
+    async def test_a_watch_whose_upstream_dies_between_events_ends_cleanly(self) -> None:
+        await self.start()
+        event = b'{"type":"ADDED","object":{"kind":"Pod","metadata":{"name":"a"}}}\n'
+
+        def dying(request: Request) -> int:
+            request.write(event)
+            reactor.callLater(0.1, request.channel.transport.abortConnection)  # type: ignore[attr-defined]
+            return NOT_DONE_YET
+
+        self.upstream.handlers[b"/api/v1/pods"] = dying
+        code, _, body = await fetch(self, b"GET", self.base + "/api/v1/pods?watch=true")
+        # As after a server-side timeout: the client re-watches from the event it has.
+        self.assertEqual((code, body), (200, event))
+
+    async def test_a_watch_whose_upstream_dies_mid_event_is_aborted(self) -> None:
+        await self.start()
+
+        def dying(request: Request) -> int:
+            request.write(b'{"type":"ADDED","obj')
+            reactor.callLater(0.1, request.channel.transport.abortConnection)  # type: ignore[attr-defined]
+            return NOT_DONE_YET
+
+        self.upstream.handlers[b"/api/v1/pods"] = dying
+        with self.assertRaises(ResponseFailed):
+            await fetch(self, b"GET", self.base + "/api/v1/pods?watch=true")
+
 
 class UnavailableTests(TestCase):
     """No reachable backend: a Status, and failover to the next for idempotent requests."""

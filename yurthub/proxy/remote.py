@@ -138,8 +138,11 @@ class ResponseRelay(Protocol):
     producer, so twisted.web pauses the upstream when the client's buffer is full.
     """
 
-    def __init__(self, request: Request, on_bytes: Callable[[int], None], tee: ResponseTee | None = None) -> None:
+    def __init__(
+        self, request: Request, on_bytes: Callable[[int], None], tee: ResponseTee | None = None, *, watch: bool = False
+    ) -> None:
         self.request = request
+        self._watch = watch
         self._on_bytes = on_bytes
         self._tee = tee
         self.client_gone = False
@@ -179,6 +182,11 @@ class ResponseRelay(Protocol):
         if not self.client_gone:
             self.request.unregisterProducer()
             if reason.check(ResponseDone, PotentialDataLoss):
+                self.request.finish()
+            elif self._watch and self.at_line_end:
+                # Between two events a lost watch ends as a finished one: the client
+                # re-watches from its last event, as after a server-side timeout.
+                _log.info("watch {uri} lost its upstream: {err}", uri=self.request.uri, err=reason.getErrorMessage())
                 self.request.finish()
             else:
                 _log.warn(
@@ -400,7 +408,7 @@ class _Exchange:
         tee = self.tee
         if tee is not None and not tee.start(response.code, headers.getRawHeaders(b"content-type", [b""])[0]):
             tee = None
-        self.relay = ResponseRelay(request, self.proxy.bytes_down.inc, tee)
+        self.relay = ResponseRelay(request, self.proxy.bytes_down.inc, tee, watch=self.info.is_watch)
         response.deliverBody(self.relay)
 
     def failed(self, failure: Failure, backend: Backend, seq: int) -> None:
