@@ -271,6 +271,24 @@ class StreamingTests(ProxyTestCase):
         # As after a server-side timeout: the client re-watches from the event it has.
         self.assertEqual((code, body), (200, event))
 
+    async def test_a_list_being_relayed_from_a_backend_turning_unhealthy_is_aborted(self) -> None:
+        await self.start()
+        started: defer.Deferred[None] = defer.Deferred()
+
+        def slow_list(request: Request) -> int:
+            request.setHeader(b"content-length", b"100000")
+            request.write(b'{"kind":"PodList","items":[')
+            reactor.callLater(0, started.callback, None)
+            return NOT_DONE_YET
+
+        self.upstream.handlers[b"/api/v1/pods"] = slow_list
+        answer = defer.ensureDeferred(fetch(self, b"GET", self.base + "/api/v1/pods"))
+        await started
+        await sleep(0.05)  # the head and first bytes are relayed
+        self.hub.backends[0].set_healthy(False, "test")
+        with self.assertRaises(ResponseFailed):  # never passes for a whole list
+            await answer.addTimeout(1.0, reactor)
+
     async def test_a_watch_whose_upstream_dies_mid_event_is_aborted(self) -> None:
         await self.start()
 
