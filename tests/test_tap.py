@@ -4,14 +4,24 @@ how bad input ends start-up."""
 from __future__ import annotations
 
 import os
+import platform
 import subprocess
 import sys
+from typing import Any
 
 from twisted.application.service import IService
 from twisted.trial.unittest import SynchronousTestCase
 
+from yurthub import tap
 from yurthub.service import YurtHub
-from yurthub.tap import Options, ProcessTuning, makeService
+from yurthub.tap import (
+    M_MMAP_THRESHOLD,
+    MMAP_THRESHOLD,
+    Options,
+    ProcessTuning,
+    fix_mmap_threshold,
+    makeService,
+)
 
 TWISTD = [sys.executable, "-c", "from twisted.scripts.twistd import run; run()"]
 
@@ -82,6 +92,51 @@ class OptionsTests(SynchronousTestCase):
         options.parseOptions(["--server", "https://a:6443", "--secure-listen", ""])
         service = makeService(options)
         self.assertEqual([type(s) for s in service], [ProcessTuning, YurtHub])  # type: ignore[attr-defined]
+
+
+class _FakeLibc:
+    def __init__(self) -> None:
+        self.calls: list[tuple[int, int]] = []
+
+    def mallopt(self, parameter: int, value: int) -> int:
+        self.calls.append((parameter, value))
+        return 1
+
+
+class _FakeGC:
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, tuple[Any, ...]]] = []
+
+    def __getattr__(self, name: str) -> Any:
+        return lambda *args: self.calls.append((name, args))
+
+
+class ProcessTuningTests(SynchronousTestCase):
+    """`ProcessTuning` and `fix_mmap_threshold`."""
+
+    def test_threshold_is_fixed_through_mallopt(self) -> None:
+        libc = _FakeLibc()
+        self.patch(tap.ctypes, "CDLL", lambda name: libc)
+        self.assertTrue(fix_mmap_threshold())
+        self.assertEqual(libc.calls, [(M_MMAP_THRESHOLD, MMAP_THRESHOLD)])
+
+    def test_no_glibc_changes_nothing(self) -> None:
+        self.assertFalse(fix_mmap_threshold(libc_name="libyurthub-no-such-libc.so.6"))
+
+    def test_glibc_takes_the_threshold(self) -> None:
+        if platform.libc_ver()[0] != "glibc":
+            self.skipTest("not a glibc system")
+        self.assertTrue(fix_mmap_threshold())
+
+    def test_start_tunes_collector_and_allocator(self) -> None:
+        collector, libc = _FakeGC(), _FakeLibc()
+        self.patch(tap, "gc", collector)
+        self.patch(tap.ctypes, "CDLL", lambda name: libc)
+        ProcessTuning().startService()
+        self.assertEqual(
+            [name for name, _ in collector.calls], ["collect", "freeze", "set_threshold"]
+        )
+        self.assertEqual(libc.calls, [(M_MMAP_THRESHOLD, MMAP_THRESHOLD)])
 
 
 class TwistdTests(SynchronousTestCase):
