@@ -87,7 +87,6 @@ class _NoRemote:
 
     def handle(self, request: Any, info: Any, unavailable: Any) -> None:
         self.infos.append(info)
-        request.finish()
 
 
 class ProxyRootRequestInfoTests(SynchronousTestCase):
