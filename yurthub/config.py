@@ -73,10 +73,23 @@ class HealthCheckConfig:
 
 @dataclass(frozen=True)
 class FlowControlConfig:
-    """The node-wide limit on requests in flight."""
+    """The node-wide limit on requests in flight, and the limits on client connections.
+
+    ``max_requests_in_flight`` 0 turns the request limit off. The connection limits guard
+    the proxy listeners only (never the hub listener): ``max_connections`` open at once
+    (more are closed as they arrive), ``idle_timeout_seconds`` between two requests,
+    ``request_head_timeout_seconds`` for a whole request line and headers to arrive (a
+    client sending a byte every few seconds is cut), and the sizes a request head may have.
+    """
 
     max_requests_in_flight: int = 250
     exempt_long_running: bool = True
+    max_connections: int = 4096
+    idle_timeout_seconds: float = 120.0
+    request_head_timeout_seconds: float = 10.0
+    max_request_line_bytes: int = 32 * 1024
+    max_header_bytes: int = 64 * 1024
+    max_headers: int = 100
 
 
 @dataclass(frozen=True)
@@ -191,6 +204,12 @@ def _non_negative_number(value: object) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
         raise _Bad(f"must be a number >= 0, got {value!r}")
     return float(value)
+
+
+def _non_negative_int(value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise _Bad(f"must be a whole number >= 0, got {value!r}")
+    return value
 
 
 def _positive_int(value: object) -> int:
@@ -309,7 +328,16 @@ _SECTIONS: dict[str, tuple[type, dict[str, Callable[[object], Any]]]] = {
     ),
     "flowControl": (
         FlowControlConfig,
-        {"maxRequestsInFlight": _positive_int, "exemptLongRunning": _boolean},
+        {
+            "maxRequestsInFlight": _non_negative_int,
+            "exemptLongRunning": _boolean,
+            "maxConnections": _positive_int,
+            "idleTimeoutSeconds": _positive_number,
+            "requestHeadTimeoutSeconds": _positive_number,
+            "maxRequestLineBytes": _positive_int,
+            "maxHeaderBytes": _positive_int,
+            "maxHeaders": _positive_int,
+        },
     ),
     "cache": (CacheConfig, {"dir": _string, "agents": _list_of(_agent)}),
     "certificates": (

@@ -97,6 +97,30 @@ class ProxyMetrics:
             registry=r,
         )
 
+        self.flow_in_flight = Gauge(
+            "yurthub_flow_in_flight_requests",
+            "Requests holding a slot under flowControl.maxRequestsInFlight.",
+            registry=r,
+        )
+        self._flow_rejected = Counter(
+            "yurthub_flow_rejected_requests",
+            "Requests answered 429 because maxRequestsInFlight were in flight, by component.",
+            ["component"],
+            registry=r,
+        )
+        self.connections_open = Gauge(
+            "yurthub_proxy_connections_open",
+            "Client connections open on the proxy listeners.",
+            registry=r,
+        )
+        self.connections_refused = Counter(
+            "yurthub_proxy_connections_refused",
+            "Client connections closed by yurthub's limits: over maxConnections (limit), "
+            "request head not received in time (slow), request head too big (too_big).",
+            ["reason"],
+            registry=r,
+        )
+
         self._seen: dict[str, set[str]] = {"component": set(), "verb": set(), "resource": set()}
         self._children: dict[tuple[Any, ...], Any] = {}
 
@@ -131,6 +155,10 @@ class ProxyMetrics:
             self._bounded("resource", resource),
             code,
         ).inc()
+
+    def flow_rejected(self, component: str) -> None:
+        """A request from ``component`` got 429."""
+        self._child(self._flow_rejected, self._bounded("component", component)).inc()
 
     def observe_upstream(self, verb: str, seconds: float) -> None:
         """An upstream answered a ``verb`` request's headers after ``seconds``."""

@@ -27,6 +27,8 @@ from yurthub.config import Config, describe
 from yurthub.hub import BackendsReachable, Flag, StoreHealthy, make_hub_root
 from yurthub.interfaces import ICredentialSource, IObjectStore
 from yurthub.metrics import ProxyMetrics, StoreHealthCollector
+from yurthub.proxy.channel import ChannelLimits, ConnectionCap, OpenConnections
+from yurthub.proxy.flowcontrol import InFlightLimiter
 from yurthub.proxy.local import LocalProxy
 from yurthub.proxy.remote import RemoteProxy
 from yurthub.proxy.root import ProxyRoot, ProxySite, make_site
@@ -170,7 +172,13 @@ class YurtHub(MultiService):
         self.metrics.registry.register(StoreHealthCollector(lambda: self.store.health))
         self.janitor = CacheJanitor(reactor, self.store, self.failover, self.remote.node_agent, config.node_name)
         self.health = HealthChecker(reactor, self.backends, node_endpoints, config.health_check, self.metrics)
-        self.root = ProxyRoot(self.remote, self.upgrades, self.metrics, unavailable=self.local.answer)
+        flow = config.flow_control
+        self.limiter = InFlightLimiter(
+            flow.max_requests_in_flight, self.metrics, exempt_long_running=flow.exempt_long_running
+        )
+        self.root = ProxyRoot(
+            self.remote, self.upgrades, self.metrics, unavailable=self.local.answer, limiter=self.limiter
+        )
         self.listening = Flag("listeners", "proxy listener not bound yet")
         self.cache_loaded = Flag("cache-loaded", "the cache is being read from disk")
         self.checks = [
@@ -179,16 +187,29 @@ class YurtHub(MultiService):
             StoreHealthy(self.store),
             BackendsReachable(self.backends, offline_ok=lambda: self.cache_loaded.ok),
         ]
-        self.proxy_site: ProxySite = make_site(self.root, leaf=True)
+        # Both proxy listeners share one site, one in-flight limit and one connection count.
+        self.connections = OpenConnections(flow.max_connections, self.metrics)
+        self.proxy_site: ProxySite = make_site(
+            self.root,
+            leaf=True,
+            timeout=flow.idle_timeout_seconds,
+            limits=ChannelLimits(
+                max_request_line_bytes=flow.max_request_line_bytes,
+                max_header_bytes=flow.max_header_bytes,
+                max_headers=flow.max_headers,
+                head_timeout=flow.request_head_timeout_seconds,
+            ),
+            on_refused=self.connections.refused,
+        )
         self.sites = [self.proxy_site]
         self.listeners: dict[str, Listener] = {}
         listen = config.listen
         if listen.proxy:
-            self._listen("listen.proxy", listen.proxy, self.proxy_site)
+            self._listen("listen.proxy", listen.proxy, ConnectionCap(self.proxy_site, self.connections))
         if listen.secure_proxy:
             if certs.serving_cert_file:
                 factory = serving_tls_factory(certs.serving_cert_file, certs.serving_key_file, self.proxy_site)
-                self._listen("listen.secureProxy", listen.secure_proxy, factory)
+                self._listen("listen.secureProxy", listen.secure_proxy, ConnectionCap(factory, self.connections))
             else:
                 _log.warn(
                     "listen.secureProxy is off: no serving certificate "

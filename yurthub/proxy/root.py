@@ -21,6 +21,8 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
 
 from yurthub.metrics import ProxyMetrics
+from yurthub.proxy.channel import ChannelLimits, limited_channel_protocol
+from yurthub.proxy.flowcontrol import EXEMPT, InFlightLimiter
 from yurthub.proxy.headers import is_upgrade
 from yurthub.proxy.remote import RemoteProxy
 from yurthub.proxy.status import finish_with_status, write_status
@@ -79,8 +81,10 @@ class ProxyRoot(Resource):
         upgrades: UpgradeSplicer,
         metrics: ProxyMetrics,
         unavailable: OfflineAnswerer = answer_unavailable,
+        limiter: InFlightLimiter | None = None,
     ) -> None:
         super().__init__()
+        self._limiter = limiter
         self._remote = remote
         self._upgrades = upgrades
         self._metrics = metrics
@@ -105,12 +109,23 @@ class ProxyRoot(Resource):
             _log.failure("request info failed for {uri!r}", uri=request.uri)
             return write_status(request, 400, "the request could not be understood")
         accounting = _Accounting(self._metrics, info)
-        request.notifyFinish().addCallbacks(
-            lambda _: accounting.done(request.code), lambda _: accounting.done("aborted")
-        )
+        limiter = self._limiter
+        slot = limiter.admit(info) if limiter is not None else EXEMPT
+        held = slot if slot is not None else EXEMPT
+
+        def ended(code: int | str) -> None:
+            # However the request ends (finished, client gone, upstream failed, a splice
+            # closed), once: both calls are no-ops the second time.
+            held.release()
+            accounting.done(code)
+
+        request.notifyFinish().addCallbacks(lambda _: ended(request.code), lambda _: ended("aborted"))
+        if slot is None:
+            assert limiter is not None
+            return limiter.reject(request)
         try:
             if is_upgrade(request.requestHeaders):
-                self._upgrades.handle(request, info, self.unavailable, accounting.done)
+                self._upgrades.handle(request, info, self.unavailable, ended)
             else:
                 self._remote.handle(request, info, self.unavailable)
         except Exception:
@@ -148,10 +163,18 @@ class ProxySite(Site):
     displayTracebacks = False
     noisy = False
 
+    #: The request-head limits of `LimitedHTTPChannel` (set with the channel by `make_site`).
+    limits: ChannelLimits | None = None
+
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.open_connections: set[Any] = set()
         self.spliced: set[Any] = set()
+        self.on_refused: Callable[[str], None] = lambda reason: None
+
+    def refused(self, reason: str) -> None:
+        """A connection was cut by a channel limit (``slow`` or ``too_big``)."""
+        self.on_refused(reason)
 
     def log(self, request: http.Request) -> None:
         pass
@@ -201,10 +224,24 @@ class ProxySite(Site):
         self.spliced.clear()
 
 
-def make_site(root: Resource, *, timeout: float | None = 60 * 60, leaf: bool = False) -> ProxySite:
+def make_site(
+    root: Resource,
+    *,
+    timeout: float | None = 60 * 60,
+    leaf: bool = False,
+    limits: ChannelLimits | None = None,
+    on_refused: Callable[[str], None] | None = None,
+) -> ProxySite:
     """A `Site` for a listener: HTTP/1.1, and HTTP/2 when TLS negotiates it. With ``leaf``
-    the root answers every path itself (`ProxyRequest`)."""
+    the root answers every path itself (`ProxyRequest`); with ``limits`` its HTTP/1.1
+    connections are `LimitedHTTPChannel`s (``on_refused`` hears of every connection they
+    cut). ``timeout`` is the idle time allowed between two requests of a connection."""
     site = ProxySite(root, timeout=timeout)
     if leaf:
         site.requestFactory = ProxyRequest
+    if limits is not None:
+        site.limits = limits
+        site.protocol = limited_channel_protocol  # type: ignore[assignment]
+    if on_refused is not None:
+        site.on_refused = on_refused
     return site

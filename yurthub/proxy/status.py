@@ -51,15 +51,64 @@ def status_body(code: int, message: str, reason: str | None = None, details: dic
     return json.dumps(status, separators=(",", ":")).encode()
 
 
+PROTOBUF = b"application/vnd.kubernetes.protobuf"
+
+
+def wants_protobuf(accept: bytes | None) -> bool:
+    """True when the client's ``Accept`` prefers Kubernetes protobuf to JSON (it lists
+    protobuf before any JSON or wildcard type); JSON otherwise, and by default."""
+    for part in (accept or b"").split(b","):
+        media = part.split(b";", 1)[0].strip().lower()
+        if media == PROTOBUF:
+            return True
+        if media in (b"application/json", b"*/*", b"application/*"):
+            return False
+    return False
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte = value & 0x7F
+        value >>= 7
+        if value:
+            out.append(byte | 0x80)
+        else:
+            out.append(byte)
+            return bytes(out)
+
+
+def _bytes_field(number: int, data: bytes) -> bytes:
+    return _varint(number << 3 | 2) + _varint(len(data)) + data
+
+
+def status_protobuf(code: int, message: str, reason: str | None = None) -> bytes:
+    """A failure ``Status`` in Kubernetes' protobuf envelope (``k8s\\0`` + runtime.Unknown
+    holding apiVersion v1, kind Status and the meta.v1.Status message), as kube-apiserver
+    answers a client that asked for protobuf."""
+    status = (
+        _bytes_field(1, b"")  # metadata: an empty ListMeta
+        + _bytes_field(2, b"Failure")
+        + _bytes_field(3, message.encode())
+        + _bytes_field(4, (reason or REASONS.get(code, "Unknown")).encode())
+        + _varint(6 << 3) + _varint(code)
+    )
+    type_meta = _bytes_field(1, b"v1") + _bytes_field(2, b"Status")
+    return b"k8s\x00" + _bytes_field(1, type_meta) + _bytes_field(2, status)
+
+
 def write_status(request: Request, code: int, message: str, reason: str | None = None) -> bytes:
     """Set the response code and headers for a ``Status`` and return the body to write.
 
     The caller writes the returned bytes (a resource returns them from ``render``), so the
     same helper serves synchronous and asynchronous answers.
     """
-    body = status_body(code, message, reason)
+    if wants_protobuf(request.getHeader(b"accept")):
+        body, content_type = status_protobuf(code, message, reason), PROTOBUF
+    else:
+        body, content_type = status_body(code, message, reason), b"application/json"
     request.setResponseCode(code)
-    request.responseHeaders.setRawHeaders(b"content-type", [b"application/json"])
+    request.responseHeaders.setRawHeaders(b"content-type", [content_type])
     request.responseHeaders.setRawHeaders(b"content-length", [str(len(body)).encode()])
     request.responseHeaders.removeHeader(b"transfer-encoding")
     return body

@@ -100,6 +100,15 @@ def take_over_transport(request: Request, protocol: Protocol) -> ITransport:
     if isinstance(transport, ProtocolWrapper):  # TLS
         transport.wrappedProtocol = protocol
     else:
+        counted = getattr(transport.protocol, "connection_closed", None)
+        if counted is not None:  # the connection cap counts it until the splice ends
+            lost_too = protocol.connectionLost
+
+            def splice_lost(reason: Any = None) -> None:
+                counted()
+                lost_too(reason)
+
+            protocol.connectionLost = splice_lost  # type: ignore[method-assign]
         transport.protocol = protocol
     protocol.makeConnection(transport)
     transport.resumeProducing()

@@ -1,0 +1,208 @@
+"""Connection-level protection of the proxy listeners: a cap on open connections, and an
+HTTP/1.1 channel with limits a client gets told about.
+
+`ConnectionCap` wraps each proxy listener's factory (HTTP and HTTPS share one count): at
+``maxConnections`` open, a new connection is closed as it arrives (the listening port drops
+it when no protocol is built) and counted. The hub listener has none of this.
+
+twisted.web drops a connection whose request line or header line passes 16 KB without a
+word, and answers other oversized heads with a bare ``400``. `LimitedHTTPChannel` answers
+with a Kubernetes ``Status`` and closes instead: 414 for a request line over
+``maxRequestLineBytes``, 431 for a head over ``maxHeaderBytes`` or with more than
+``maxHeaders`` fields, 400 for a malformed one. It also gives a request head
+``requestHeadTimeoutSeconds`` to arrive once its first byte is in: the channel's idle
+timeout restarts at every byte, so a client sending one byte every few seconds (slowloris)
+would otherwise hold its connection forever; such a client gets 408 and is cut.
+
+The deadline is armed only when a head is left incomplete after the bytes at hand were
+parsed, so a request that arrives in one piece (nearly all) costs no timer. The limits and
+the metrics come from the channel's site (`ChannelLimits` on ``site.limits``); HTTP/2
+connections are governed by h2's own limits.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from twisted.internet.protocol import Factory
+from twisted.web.http import RESPONSES, HTTPChannel, _GenericHTTPChannelProtocol
+
+from yurthub.proxy.status import status_body
+
+
+@dataclass(frozen=True)
+class ChannelLimits:
+    """The request-head limits of one site's connections."""
+
+    max_request_line_bytes: int = 32 * 1024
+    max_header_bytes: int = 64 * 1024
+    max_headers: int = 100
+    head_timeout: float = 10.0
+
+
+_MESSAGES = {
+    400: "the request could not be parsed",
+    408: "the request head did not arrive in time",
+    414: "the request line is longer than this node's yurthub accepts",
+    431: "the request headers are larger than this node's yurthub accepts",
+}
+
+
+class LimitedHTTPChannel(HTTPChannel):
+    """`HTTPChannel` with told-about limits and a deadline for each request head."""
+
+    _refused = False
+    _head_timer: Any = None
+
+    def connectionMade(self) -> None:  # noqa: N802
+        limits: ChannelLimits = self.site.limits  # type: ignore[attr-defined]
+        self._limits = limits
+        # Each line may be as long as the whole head; the head's own total is checked below.
+        self.MAX_LENGTH = limits.max_header_bytes
+        self.totalHeadersSize = limits.max_header_bytes
+        self.maxHeaders = limits.max_headers
+        super().connectionMade()
+
+    def dataReceived(self, data: bytes) -> None:  # noqa: N802
+        if self._refused:
+            return
+        super().dataReceived(data)
+        if self._refused:
+            return
+        first_line = self._HTTPChannel__first_line  # type: ignore[attr-defined]
+        if first_line and len(self._buffer) > self._limits.max_request_line_bytes:
+            self._refuse(414, "too_big")
+            return
+        in_head = self.line_mode and (not first_line or bool(self._buffer))
+        if in_head:
+            if self._head_timer is None:
+                self._head_timer = self.callLater(self._limits.head_timeout, self._head_too_slow)
+        elif self._head_timer is not None:
+            self._cancel_head_timer()
+
+    def lineReceived(self, line: bytes) -> None:  # noqa: N802
+        if self._refused:
+            return
+        if self._HTTPChannel__first_line and len(line) > self._limits.max_request_line_bytes:  # type: ignore[attr-defined]
+            self._refuse(414, "too_big")
+            return
+        if self._receivedHeaderSize + len(line) > self.totalHeadersSize:
+            self._refuse(431, "too_big")
+            return
+        super().lineReceived(line)
+
+    def headerReceived(self, line: bytes) -> bool:  # noqa: N802
+        if self._receivedHeaderCount >= self.maxHeaders:
+            self._refuse(431, "too_big")
+            return False
+        return bool(super().headerReceived(line))
+
+    def lineLengthExceeded(self, line: bytes) -> None:  # noqa: N802
+        first_line = self._HTTPChannel__first_line  # type: ignore[attr-defined]
+        self._refuse(414 if first_line else 431, "too_big")
+
+    def allHeadersReceived(self) -> None:  # noqa: N802
+        self._cancel_head_timer()
+        super().allHeadersReceived()
+
+    def _respondToBadRequestAndDisconnect(self) -> None:  # noqa: N802 - Twisted's name
+        self._refuse(400, None)
+
+    def _head_too_slow(self) -> None:
+        self._head_timer = None
+        self._refuse(408, "slow")
+
+    def _cancel_head_timer(self) -> None:
+        if self._head_timer is not None:
+            if self._head_timer.active():
+                self._head_timer.cancel()
+            self._head_timer = None
+
+    def _refuse(self, code: int, reason: str | None) -> None:
+        """Answer ``code`` with a Status, close the connection, count it under ``reason``."""
+        if self._refused:
+            return
+        self._refused = True
+        self._cancel_head_timer()
+        if reason is not None:
+            self.site.refused(reason)  # type: ignore[attr-defined]
+        body = status_body(code, _MESSAGES[code])
+        head = (
+            b"HTTP/1.1 %d %s\r\nContent-Type: application/json\r\nContent-Length: %d\r\n"
+            b"Connection: close\r\n\r\n" % (code, RESPONSES[code], len(body))
+        )
+        self.transport.write(head + body)  # type: ignore[union-attr]
+        self.loseConnection()
+
+    def connectionLost(self, reason: Any = None) -> None:  # noqa: N802
+        self._cancel_head_timer()
+        super().connectionLost(reason)
+
+
+def limited_channel_protocol() -> _GenericHTTPChannelProtocol:
+    """The ``protocol`` of a site whose HTTP/1.1 connections use `LimitedHTTPChannel`."""
+    return _GenericHTTPChannelProtocol(LimitedHTTPChannel())
+
+
+class OpenConnections:
+    """The count of open proxy connections, shared by the listeners' `ConnectionCap`s."""
+
+    def __init__(self, limit: int, metrics: Any) -> None:
+        self.limit = limit
+        self.open = 0
+        self._metrics = metrics
+
+    def refused(self, reason: str) -> None:
+        self._metrics.connections_refused.labels(reason).inc()
+
+    def _opened(self) -> None:
+        self.open += 1
+        self._metrics.connections_open.set(self.open)
+
+    def _closed(self) -> None:
+        self.open -= 1
+        self._metrics.connections_open.set(self.open)
+
+
+class ConnectionCap(Factory):
+    """Builds the wrapped factory's protocols while fewer than ``limit`` are open."""
+
+    def __init__(self, wrapped: Any, connections: OpenConnections) -> None:
+        self.wrapped = wrapped
+        self.connections = connections
+        self.noisy = False
+
+    def doStart(self) -> None:  # noqa: N802
+        self.wrapped.doStart()
+
+    def doStop(self) -> None:  # noqa: N802
+        self.wrapped.doStop()
+
+    def buildProtocol(self, addr: Any) -> Any:  # noqa: N802
+        connections = self.connections
+        if connections.open >= connections.limit:
+            connections.refused("limit")
+            return None
+        protocol = self.wrapped.buildProtocol(addr)
+        if protocol is None:
+            return None
+        connections._opened()
+        lost: Callable[[Any], None] = protocol.connectionLost
+        counted = [True]
+
+        def closed() -> None:
+            if counted[0]:
+                counted[0] = False
+                connections._closed()
+
+        def connection_lost(reason: Any) -> None:
+            closed()
+            lost(reason)
+
+        protocol.connectionLost = connection_lost
+        # An upgrade splice hands a plain TCP transport to a protocol of its own; it calls
+        # this when that connection ends (`yurthub.proxy.upgrade.take_over_transport`).
+        protocol.connection_closed = closed
+        return protocol
