@@ -14,9 +14,14 @@ global reactor, seeded with three sets of pods:
 A second listener, ``--control-port``, is a tiny HTTP API for the benchmark (JSON
 answers, 127.0.0.1 only):
 
-- ``GET /state``: the resourceVersion, whether the API listens, the seeded counts, and
-  how many requests the API received by User-Agent (the server's bounded request log is
-  drained into these counts every 0.2 s);
+- ``GET /state``: the resourceVersion, whether the API listens, the seeded counts, how
+  many requests the API received by User-Agent (the server's bounded request log is
+  drained into these counts every 0.2 s), and ``in_flight``: how many requests the API
+  holds right now and at most at once since the last reset, all of them and those held
+  by a delay (with how many delayed requests arrived since the reset);
+- ``POST /in-flight/reset``: start a new peak (and delayed count) from now;
+- ``POST /delay?prefix=P&seconds=S``: hold every request whose path starts with ``P``
+  ``S`` seconds before answering it (``S`` 0 removes the delay);
 - ``POST /stop``, ``POST /start``: stop or resume listening on the same port, state kept
   (``stop_listening`` drops every open connection, as if the process had died);
 - ``POST /events?count=N``: start updating the ``events`` pods round-robin, N updates,
@@ -178,6 +183,59 @@ class RequestCounter:
         self._server.clear_requests()
 
 
+class InFlight:
+    """The API's requests in flight: now, and the most at once since `reset`; the same for
+    requests a delay holds, and how many of those arrived since `reset`."""
+
+    def __init__(self) -> None:
+        #: The delays set through the control API, by path prefix (seconds).
+        self.delays: dict[str, float] = {}
+        self.now = self.peak = 0
+        self.delayed_now = self.delayed_peak = self.delayed_arrived = 0
+
+    def reset(self) -> None:
+        self.peak, self.delayed_peak, self.delayed_arrived = self.now, self.delayed_now, 0
+
+    def begin(self, request: Request) -> None:
+        """Count ``request`` until it is finished or its connection is lost."""
+        path = (request.path or b"").decode("latin-1")
+        delayed = any(seconds > 0 and path.startswith(p) for p, seconds in self.delays.items())
+        self.now += 1
+        self.peak = max(self.peak, self.now)
+        if delayed:
+            self.delayed_now += 1
+            self.delayed_arrived += 1
+            self.delayed_peak = max(self.delayed_peak, self.delayed_now)
+        request.notifyFinish().addBoth(self._end, delayed)
+
+    def _end(self, _: object, delayed: bool) -> None:
+        self.now -= 1
+        if delayed:
+            self.delayed_now -= 1
+
+    def state(self) -> dict[str, int]:
+        return {
+            "now": self.now,
+            "peak": self.peak,
+            "delayed_now": self.delayed_now,
+            "delayed_peak": self.delayed_peak,
+            "delayed_arrived": self.delayed_arrived,
+        }
+
+
+def count_in_flight(server: Any, in_flight: InFlight) -> None:
+    """Have ``in_flight`` count every request the simulated server receives. The server
+    has no public hook for it: its one resource hands every request to ``_receive``, so
+    that is wrapped (on this instance only)."""
+    receive = server._receive
+
+    def counted(request: Request) -> bytes | int:
+        in_flight.begin(request)
+        return receive(request)  # type: ignore[no-any-return]
+
+    server._receive = counted
+
+
 class _Control(Resource):
     """The control API (see the module docstring)."""
 
@@ -189,12 +247,14 @@ class _Control(Resource):
         generator: EventGenerator,
         counts: dict[str, int],
         requests: RequestCounter,
+        in_flight: InFlight,
     ) -> None:
         super().__init__()
         self._server = server
         self._generator = generator
         self._counts = counts
         self._requests = requests
+        self._in_flight = in_flight
 
     def _json(self, request: Request, code: int, value: Any) -> bytes:
         request.setResponseCode(code)
@@ -209,6 +269,7 @@ class _Control(Resource):
             "url": self._server.url,
             "counts": self._counts,
             "requests_by_agent": self._requests.counts,
+            "in_flight": self._in_flight.state(),
         }
 
     def render_GET(self, request: Request) -> bytes:  # noqa: N802
@@ -218,7 +279,30 @@ class _Control(Resource):
             return self._json(request, 200, self._generator.state())
         return self._json(request, 404, {"error": "unknown path"})
 
+    def _set_delay(self, request: Request) -> bytes:
+        args = request.args or {}
+        prefix = args.get(b"prefix", [b""])[0].decode("latin-1")
+        try:
+            seconds = float(args.get(b"seconds", [b""])[0])
+        except ValueError:
+            seconds = -1.0
+        if not prefix.startswith("/") or not 0 <= seconds <= 3600:
+            return self._json(
+                request, 400, {"error": "needs prefix=/... and seconds between 0 and 3600"}
+            )
+        self._server.delay(prefix, seconds)
+        if seconds:
+            self._in_flight.delays[prefix] = seconds
+        else:
+            self._in_flight.delays.pop(prefix, None)
+        return self._json(request, 200, {"delays": self._in_flight.delays})
+
     def render_POST(self, request: Request) -> bytes | int:  # noqa: N802
+        if request.path == b"/delay":
+            return self._set_delay(request)
+        if request.path == b"/in-flight/reset":
+            self._in_flight.reset()
+            return self._json(request, 200, self._in_flight.state())
         if request.path == b"/events":
             if self._generator.running:
                 return self._json(request, 409, {"error": "a generation is running"})
@@ -310,6 +394,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     seeded = time.monotonic() - seeding
     server.clear_requests()
     requests = RequestCounter(server)
+    in_flight = InFlight()
+    count_in_flight(server, in_flight)
     draining = LoopingCall(requests.drain)
     draining.clock = reactor
 
@@ -318,7 +404,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         yield server.start(f"tcp:{args.port}:interface=127.0.0.1")
         draining.start(0.2, now=False)
         if args.control_port:
-            site = Site(_Control(server, generator, counts, requests))
+            site = Site(_Control(server, generator, counts, requests, in_flight))
             site.noisy = False
             site.log = lambda request: None  # type: ignore[method-assign]
             reactor.listenTCP(args.control_port, site, interface="127.0.0.1")
