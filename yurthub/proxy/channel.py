@@ -131,7 +131,7 @@ class LimitedHTTPChannel(HTTPChannel):
         body = status_body(code, _MESSAGES[code])
         head = (
             b"HTTP/1.1 %d %s\r\nContent-Type: application/json\r\nContent-Length: %d\r\n"
-            b"Connection: close\r\n\r\n" % (code, RESPONSES[code], len(body))
+            b"Connection: close\r\n\r\n" % (code, RESPONSES.get(code, b"Request Header Fields Too Large"), len(body))
         )
         self.transport.write(head + body)  # type: ignore[union-attr]
         self.loseConnection()
