@@ -163,7 +163,9 @@ class InFlightTests(TestCase):
         self.assertEqual(response.headers.getRawHeaders(b"content-type"), [b"application/vnd.kubernetes.protobuf"])
         self.assertTrue(body.startswith(b"k8s\x00"))
         unknown = dict(_fields(body[4:]))
-        status_fields = dict(_fields(unknown[2]))
+        raw = unknown[2]
+        assert isinstance(raw, bytes)
+        status_fields = dict(_fields(raw))
         self.assertEqual((status_fields[4], status_fields[6]), (b"TooManyRequests", 429))
         # A watch and the heartbeat still go up; the held ones finish; then there is room again.
         pending.append(self.send("/api/v1/namespaces/default/pods?watch=true"))
