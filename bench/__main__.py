@@ -1,11 +1,12 @@
-"""``python -m bench [proxy-list|autonomy|failover] [--duration S] [--connections N] [--quick] ...``
+"""``python -m bench [proxy-list|autonomy|failover|flowcontrol] [--duration S] [--connections N] [--quick] ...``
 
 The command line of the benchmarks. ``proxy-list`` is `bench.proxy_list` (yurthub next to
 nginx and to no proxy, serving a 100-pod list); ``autonomy`` is `bench.autonomy` (yurthub
 answering from its cache with the cloud stopped, relaying watches into it, its memory and
 an offline restart); ``failover`` is `bench.failover` (the preferred of two clouds stopped
-and restarted under load, through yurthub and through nginx as kubespray's nginx-proxy).
-Without a name all run, in that order.
+and restarted under load, through yurthub and through nginx as kubespray's nginx-proxy);
+``flowcontrol`` is `bench.flowcontrol` (the in-flight limiter's cost, on and off, and a
+burst of 300 requests against a slow upstream). Without a name all run, in that order.
 """
 
 from __future__ import annotations
@@ -15,10 +16,10 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from bench import autonomy, failover, proxy_list
+from bench import autonomy, failover, flowcontrol, proxy_list
 from bench.results import RESULTS_PATH
 
-BENCHMARKS = ("proxy-list", "autonomy", "failover")
+BENCHMARKS = ("proxy-list", "autonomy", "failover", "flowcontrol")
 
 
 def _positive(text: str) -> float:
@@ -46,8 +47,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                         help="wrk threads (default 2; at most --connections)")  # fmt: skip
     parser.add_argument("--warmup", type=float, default=1.0,
                         help="seconds of unmeasured load before each measurement (default 1)")  # fmt: skip
-    parser.add_argument("--rounds", type=int, default=1,
-                        help="measure each configuration this many times, report the median (default 1)")  # fmt: skip
+    parser.add_argument("--rounds", type=int, default=None,
+                        help="measure each configuration this many times, report the median (default 1; "
+                        "flowcontrol: 3 of each limiter setting, interleaved)")  # fmt: skip
     parser.add_argument("--events", type=int, default=None,
                         help="autonomy: watch events per relay run (default 20000, 5000 with --quick)")  # fmt: skip
     parser.add_argument("--relay-runs", type=int, default=None,
@@ -74,8 +76,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         args.duration = 3.0 if args.quick else 10.0
     if args.connections < 1:
         parser.error("--connections must be at least 1")
-    if args.rounds < 1:
+    if args.rounds is not None and args.rounds < 1:
         parser.error("--rounds must be at least 1")
+    args.flowcontrol_rounds = args.rounds or 3
+    args.rounds = args.rounds or 1
     if args.events is None:
         args.events = 5_000 if args.quick else 20_000
     if args.relay_runs is None:
@@ -92,6 +96,18 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 
 def _run_one(name: str, args: argparse.Namespace) -> int:
+    if name == "flowcontrol":
+        return flowcontrol.run(
+            flowcontrol.Settings(
+                duration=args.duration,
+                warmup=args.warmup,
+                connections=args.connections,
+                threads=args.threads,
+                rounds=args.flowcontrol_rounds,
+                results_path=args.results,
+                keep_temp=args.keep_temp,
+            )
+        )
     if name == "failover":
         return failover.run(
             failover.Settings(

@@ -362,6 +362,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--control-port", type=int, default=0, help="control API port on 127.0.0.1 (0: none)"
     )
+    parser.add_argument(
+        "--backlog",
+        type=int,
+        default=4096,
+        help="listen backlog of the API port (default 4096, as kube-apiserver's Go listener "
+        "gets from somaxconn; Twisted's own default, 50, would make the connections of a "
+        "burst beyond 50 wait for a SYN retransmit; after POST /start it is Twisted's 50)",
+    )
     return parser.parse_args(argv)
 
 
@@ -401,7 +409,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     @defer.inlineCallbacks
     def listen() -> Any:
-        yield server.start(f"tcp:{args.port}:interface=127.0.0.1")
+        yield server.start(f"tcp:{args.port}:interface=127.0.0.1:backlog={args.backlog}")
         draining.start(0.2, now=False)
         if args.control_port:
             site = Site(_Control(server, generator, counts, requests, in_flight))
