@@ -23,7 +23,7 @@ from twisted.web.http_headers import Headers
 from zope.interface import implementer
 
 from tests.support import fetch, raw_connect, sleep, start_hub
-from yurthub.proxy.remote import BackendAgent, make_pool
+from yurthub.proxy.remote import BackendAgent, make_pool, parse_go_duration, request_deadline
 from yurthub.testing.apiserver import SimulatedAPIServer
 from yurthub.testing.pki import TestPKI
 from yurthub.upstream.backends import Backend
@@ -432,3 +432,51 @@ class HostNameTests(Clouds):
         d.cancel()
         self.failureResultOf(d)
 
+
+
+class DeadlineTests(Clouds):
+    """A read with a deadline is answered before it, from the cache or with 504."""
+
+    async def test_a_stalled_cloud_is_answered_for_from_the_cache_before_the_deadline(self) -> None:
+        clouds = await self.clouds(1)
+        # Slow probes: the stall must be handled by the deadline, not by health checking.
+        hub = await self.hub(clouds, "priority", intervalSeconds=30, timeoutSeconds=20)
+        code, online = await self.get()
+        self.assertEqual(code, 200)
+        await wait_until(lambda: list(hub.store.list("kubelet", _pods_gvr(), "default")) != [], what="cached")
+        clouds[0].blackhole()
+        started = time.monotonic()
+        code, cached = await self.get(PODS + "?timeout=3s")
+        took = time.monotonic() - started
+        self.assertEqual(code, 200)
+        self.assertEqual(_names(cached), _names(online))
+        self.assertGreater(took, 2.0)  # the cloud had until shortly before the deadline ...
+        self.assertLess(took, 3.0)  # ... and the client its answer before it
+        # Nothing cached to stand in: 504, also before the deadline; the slot is back.
+        started = time.monotonic()
+        code, body = await self.get("/api/v1/namespaces/default/secrets?timeout=1s")
+        self.assertLess(time.monotonic() - started, 1.0)
+        self.assertEqual((code, json.loads(body)["reason"]), (504, "Timeout"))
+        self.assertEqual(hub.limiter.in_flight, 0)
+        self.assertTrue(hub.backends[0].healthy)  # slow is not down
+
+
+class DurationTests(TestCase):
+    def test_go_durations(self) -> None:
+        for text, seconds in (("32s", 32), ("1m30s", 90), ("500ms", 0.5), ("1.5h", 5400), ("0", 0), ("2us", 2e-6)):
+            self.assertAlmostEqual(parse_go_duration(text), seconds)
+        for bad in ("", "s", "32", "1x", "-1s", "1s junk", "1s2"):
+            self.assertIsNone(parse_go_duration(bad), bad)
+
+    def test_deadlines_of_requests(self) -> None:
+        from yurthub.requestinfo import parse_request_info
+
+        def deadline(path: str) -> float | None:
+            return request_deadline(parse_request_info("GET", path, "kubectl/v1.31.0"))
+
+        self.assertEqual(deadline("/api/v1/pods?timeout=32s"), 32)
+        self.assertEqual(deadline("/api/v1/pods?timeoutSeconds=7"), 7)
+        self.assertEqual(deadline("/api?timeout=10s"), 10)
+        self.assertIsNone(deadline("/api/v1/pods?watch=true&timeoutSeconds=7&timeout=5s"))
+        self.assertIsNone(deadline("/api/v1/namespaces/a/pods/p?timeoutSeconds=7"))
+        self.assertIsNone(deadline("/api/v1/pods?timeout=soon"))

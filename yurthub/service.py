@@ -168,6 +168,7 @@ class YurtHub(MultiService):
             cache=self.cache,
             return_grace=config.health_check.return_grace_seconds,
         )
+        self.remote.stand_in = self.local.answer_if_cached
         self.upgrades = UpgradeSplicer(reactor, self.failover, node_endpoints, token_endpoints, self.metrics)
         self.metrics.registry.register(StoreHealthCollector(lambda: self.store.health))
         self.janitor = CacheJanitor(reactor, self.store, self.failover, self.remote.node_agent, config.node_name)

@@ -133,6 +133,25 @@ class LocalProxy:
         except (InvalidKey, SelectorError, PatchError) as e:
             finish_with_status(request, 400, str(e))
 
+    def answer_if_cached(self, request: Request, info: RequestInfo) -> bool:
+        """Answer a get, list or discovery read from the cache when the cache holds what it
+        asks for (the object; any object of the list's resource and namespace; the
+        document); False, answering nothing, otherwise. Used when the cloud is reachable but
+        too slow for the request's own deadline."""
+        if info.verb not in ("get", "list"):
+            return False
+        if not info.is_resource_request:
+            name = discovery_document_name(info.path)
+            if not name or self.cache.store.get_document(name) is None:
+                return False
+        elif info.verb == "get":
+            if self._find(info) is None:
+                return False
+        elif not self.cache.objects(info, info.namespace or None):
+            return False
+        self.answer(request, info, "the cloud did not answer in time")
+        return True
+
     def _dispatch(self, request: Request, info: RequestInfo) -> None:
         if not info.is_resource_request:
             self._discovery(request, info)

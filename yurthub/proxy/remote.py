@@ -248,6 +248,9 @@ class RemoteProxy:
         self.cache = cache
         self.return_grace = return_grace
         self._random = random
+        #: Answers a read from the cache when the cloud is too slow for the request's
+        #: deadline; returns False when it cannot (then the answer is 504).
+        self.stand_in: Callable[[Request, RequestInfo], bool] | None = None
         self.pools: list[HTTPConnectionPool] = []
         self._node_agent = self._make_agent(node_endpoints, max_persistent_per_host, idle_timeout)
         self._token_agent = self._make_agent(token_endpoints, max_persistent_per_host, idle_timeout)
@@ -329,6 +332,41 @@ def _failure_kind(failure: Failure) -> str:
     return "response"
 
 
+_DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h)")
+_UNIT_SECONDS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def parse_go_duration(text: str) -> float | None:
+    """Seconds of a Go duration (``32s``, ``1m30s``, ``500ms``), or None if it is not one."""
+    if text == "0":
+        return 0.0
+    total, position = 0.0, 0
+    for part in _DURATION_PART.finditer(text):
+        if part.start() != position:
+            return None
+        total += float(part.group(1)) * _UNIT_SECONDS[part.group(2)]
+        position = part.end()
+    return total if position == len(text) and position else None
+
+
+def request_deadline(info: RequestInfo) -> float | None:
+    """How long the client gives this request, in seconds: its ``timeout`` (kubectl and
+    client-go send ``?timeout=32s``), or for a list ``timeoutSeconds``; None for
+    long-running requests and when there is none."""
+    if info.is_long_running:
+        return None
+    timeout = info.query_value("timeout") if "timeout=" in info.query else None
+    if timeout:
+        seconds = parse_go_duration(timeout)
+        if seconds:
+            return seconds
+    if info.verb == "list" and "timeoutSeconds=" in info.query:
+        text = info.query_value("timeoutSeconds") or ""
+        if text.isdigit() and int(text) > 0:
+            return float(text)
+    return None
+
+
 class _Exchange:
     """One client request's trip through the remote proxy, across backend attempts."""
 
@@ -351,6 +389,7 @@ class _Exchange:
         self.client_gone = False
         self._seq = 0  # the current attempt; outcomes of abandoned ones are ignored
         self._move: Any = None  # the delayed call that moves a watch back to a preferred backend
+        self._deadline: Any = None  # the delayed call that answers before the client gives up
         # Before the headers go up: the cache may ask the cloud for JSON.
         self.tee = proxy.cache.tee_for(info, request) if proxy.cache is not None else None
         self.headers = strip_hop_by_hop(request.requestHeaders, also_drop=_DROP_UP)
@@ -365,6 +404,11 @@ class _Exchange:
 
     def start(self, backend: Backend) -> None:
         self.request.notifyFinish().addCallbacks(self._ended, self._client_went_away)
+        seconds = request_deadline(self.info)
+        if seconds is not None:
+            # Answer a little before the client's own deadline, so the answer is still wanted.
+            wait = seconds - min(1.0, seconds * 0.1)
+            self._deadline = self.proxy.reactor.callLater(wait, self._deadline_passed)  # type: ignore[attr-defined]
         self.attempt(backend)
 
     def attempt(self, backend: Backend) -> None:
@@ -392,6 +436,7 @@ class _Exchange:
             response.deliverBody(_Discard())
             return
         self.pending = None
+        self._cancel_deadline()
         self.proxy.metrics.observe_upstream(self.info.verb, self.proxy.reactor.seconds() - started)
         request = self.request
         request.setResponseCode(response.code, response.phrase)
@@ -451,6 +496,28 @@ class _Exchange:
             self.proxy.metrics.streams_moved.labels("unhealthy").inc()
             self.relay.cut(cleanly=self.info.is_watch)
 
+    def _deadline_passed(self) -> None:
+        """The client's deadline is near and the cloud has not answered: the cache answers
+        a read it can, anything else gets 504."""
+        self._deadline = None
+        if self.pending is None or self.client_gone:
+            return
+        pending, self.pending = self.pending, None
+        self._seq += 1
+        pending.cancel()
+        self._leave()
+        self.proxy.metrics.upstream_errors.labels("timeout").inc()
+        stand_in = self.proxy.stand_in
+        if stand_in is not None and stand_in(self.request, self.info):
+            return
+        finish_with_status(self.request, 504, "the cloud did not answer within the request's timeout")
+
+    def _cancel_deadline(self) -> None:
+        if self._deadline is not None:
+            if self._deadline.active():
+                self._deadline.cancel()
+            self._deadline = None
+
     def _fail_over(self, backend: Backend, retry: bool, unreachable: bool, reason: str) -> None:
         """After an attempt on ``backend`` failed: the next backend, offline answers or a
         ``Status`` error."""
@@ -497,6 +564,7 @@ class _Exchange:
 
     def _ended(self, _: object) -> None:
         self.cancel_move()
+        self._cancel_deadline()
         self._leave()
 
     def _client_went_away(self, failure: Failure) -> None:
