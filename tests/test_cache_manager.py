@@ -105,10 +105,10 @@ class ApplyTests(SynchronousTestCase):
                      json.dumps({"items": document["items"], "metadata": document["metadata"], "kind": "PodList", "apiVersion": "v1"}).encode()):
             items, rv = decode_list(body, "kubelet", PODS, "")
             self.assertEqual(rv, "9")
-            decoded = [json.loads(data) for _, _, data in items]
+            decoded = [json.loads(data) for _, data in items.values()]
             expected = [{"kind": "Pod", "apiVersion": "v1", **item} for item in document["items"]]
             self.assertEqual(decoded, expected)
-            self.assertEqual([k.name for k, _, _ in items], ["a", "b", "c"])
+            self.assertEqual([k.name for k in items], ["a", "b", "c"])
         for broken in (b'{"kind":"PodList","items":[{"metadata":{}}', b'{"items":[1,]}', b"[]", b'{"items":[]} x'):
             with self.assertRaises(ValueError):
                 decode_list(broken, "kubelet", PODS, "")
@@ -116,7 +116,7 @@ class ApplyTests(SynchronousTestCase):
     def test_list_items_get_kind_and_api_version(self) -> None:
         items, rv = decode_list(json.dumps(pod_list(pod("a"), rv=7)).encode(), "kubelet", PODS, "")
         self.assertEqual(rv, "7")
-        obj = json.loads(items[0][2])
+        obj = json.loads(items[CacheKey("kubelet", PODS, "default", "a")][1])
         self.assertEqual((obj["kind"], obj["apiVersion"]), ("Pod", "v1"))
 
     def test_truncated_or_garbage_answers_change_nothing(self) -> None:

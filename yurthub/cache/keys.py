@@ -77,12 +77,31 @@ class CacheKey:
         if not _NAME.match(self.name) or ".." in self.name:
             raise InvalidKey(f"invalid object name {self.name!r}")
 
+    @classmethod
+    def trusted(cls, component: str, gvr: GVR, namespace: str, name: str) -> CacheKey:
+        """A key from parts that were validated already, as a key (the object index
+        rebuilding keys for a list): equal to ``CacheKey(...)`` of the same parts, made
+        without checking them again, and sharing the strings it is given."""
+        key = _new(cls)
+        _set_component(key, component)
+        _set_gvr(key, gvr)
+        _set_namespace(key, namespace)
+        _set_name(key, name)
+        return key
+
     @property
     def parts(self) -> tuple[str, ...]:
         """The path components below the cache directory."""
         if self.namespace:
             return (self.component, self.gvr.dirname, self.namespace, self.name)
         return (self.component, self.gvr.dirname, self.name)
+
+
+# The slots' own setters: they bypass the frozen dataclass's __setattr__ (for `trusted`).
+_new = object.__new__
+_set_component, _set_gvr, _set_namespace, _set_name = (
+    CacheKey.__dict__[part].__set__ for part in ("component", "gvr", "namespace", "name")
+)
 
 
 def check_component(component: str) -> str:

@@ -174,7 +174,47 @@ class StoreHealth:
 
 # --- the in-memory view ----------------------------------------------------------------
 
+_RV_MARKER = b'"resourceVersion":"'
+
+#: What the index keeps per object: its bytes alone when `peek_resource_version` reads
+#: its resourceVersion back from them (nearly always: ``metadata`` comes first), else
+#: ``(resource_version, bytes)``. A bare ``bytes`` costs nothing beyond the object's own
+#: bytes; a tuple and a resourceVersion string cost ~110 bytes more per object.
+_Slot = bytes | tuple[str, bytes]
 _Entry = tuple[CacheKey, str, bytes]
+
+
+def peek_resource_version(data: bytes) -> str | None:
+    """The text between the first ``"resourceVersion":"`` in ``data`` and the next
+    ``"``, if it is plain ASCII without escapes; else None. Not a JSON parse: the index
+    uses it only to avoid keeping a resourceVersion that these bytes give back anyway."""
+    start = data.find(_RV_MARKER)
+    if start == -1:
+        return None
+    start += len(_RV_MARKER)
+    end = data.find(b'"', start)
+    if end == -1:
+        return None
+    raw = data[start:end]
+    if b"\\" in raw or not raw.isascii():
+        return None
+    return raw.decode("ascii")
+
+
+def _slot(resource_version: str, data: bytes) -> _Slot:
+    if peek_resource_version(data) == resource_version:
+        return data
+    return (resource_version, data)
+
+
+def _slot_rv(slot: _Slot) -> str:
+    if isinstance(slot, tuple):
+        return slot[0]
+    return peek_resource_version(slot)  # type: ignore[return-value]  # peeked when stored
+
+
+def _slot_data(slot: _Slot) -> bytes:
+    return slot[1] if isinstance(slot, tuple) else slot
 
 
 class ObjectIndex:
@@ -182,11 +222,15 @@ class ObjectIndex:
     (component, `GVR`) and namespace, so a list costs what that resource holds.
 
     It applies the resourceVersion rules (`is_as_new`, `is_newer`) and keeps the bytes as
-    given; it is not thread-safe (callers serialise writes).
+    given; it is not thread-safe (callers serialise writes). Per object it keeps only the
+    name and the bytes (and the resourceVersion where the bytes do not give it back, see
+    `_Slot`): component, resource and namespace are held once per group, and the keys
+    that `list` answers with are built anew from those parts, equal to the keys stored.
     """
 
     def __init__(self) -> None:
-        self._resources: dict[tuple[str, GVR], dict[str, dict[str, _Entry]]] = {}
+        # (component, gvr) -> namespace ("" when cluster-scoped) -> name -> slot
+        self._resources: dict[tuple[str, GVR], dict[str, dict[str, _Slot]]] = {}
         self._count = 0
         #: Goes up with every change, so readers can keep answers derived from the view.
         self.generation = 0
@@ -194,45 +238,48 @@ class ObjectIndex:
     def __len__(self) -> int:
         return self._count
 
+    def _slot_of(self, key: CacheKey) -> _Slot | None:
+        by_namespace = self._resources.get((key.component, key.gvr))
+        names = by_namespace.get(key.namespace) if by_namespace else None
+        return names.get(key.name) if names else None
+
     def entry(self, key: CacheKey) -> tuple[str, bytes] | None:
         """``(resource_version, bytes)`` of a cached object, or None."""
-        names = self._resources.get((key.component, key.gvr), {}).get(key.namespace)
-        found = names.get(key.name) if names else None
-        return (found[1], found[2]) if found is not None else None
+        slot = self._slot_of(key)
+        if slot is None:
+            return None
+        return slot if isinstance(slot, tuple) else (_slot_rv(slot), slot)
 
     def get(self, key: CacheKey) -> bytes | None:
         """The bytes of a cached object, or None."""
-        found = self.entry(key)
-        return found[1] if found is not None else None
+        slot = self._slot_of(key)
+        return _slot_data(slot) if slot is not None else None
 
-    def list(
-        self, component: str, gvr: GVR, namespace: str | None = None
-    ) -> list[tuple[CacheKey, bytes]]:
-        """``[(key, bytes)]`` of one resource, in one namespace or all (None or ``""``),
-        sorted by namespace and name."""
+    def _groups(
+        self, component: str, gvr: GVR, namespace: str | None
+    ) -> builtins.list[tuple[str, dict[str, _Slot]]]:
+        """``[(namespace, {name: slot})]`` of a resource in one namespace or all."""
         by_namespace = self._resources.get((component, gvr))
         if not by_namespace:
             return []
         if namespace:
             names = by_namespace.get(namespace)
-            return [(names[n][0], names[n][2]) for n in sorted(names)] if names else []
-        out: builtins.list[tuple[CacheKey, bytes]] = []
-        for ns in sorted(by_namespace):
-            names = by_namespace[ns]
-            out.extend((names[n][0], names[n][2]) for n in sorted(names))
-        return out
+            return [(namespace, names)] if names else []
+        return list(by_namespace.items())
 
-    def keys(
+    def list(
         self, component: str, gvr: GVR, namespace: str | None = None
-    ) -> Iterator[tuple[CacheKey, str, bytes]]:
-        """Every ``(key, resource_version, bytes)`` of a resource (one namespace or all),
-        unordered."""
-        by_namespace = self._resources.get((component, gvr))
-        if not by_namespace:
-            return iter(())
-        if namespace:
-            return iter(list(by_namespace.get(namespace, {}).values()))
-        return iter([e for names in by_namespace.values() for e in names.values()])
+    ) -> builtins.list[tuple[CacheKey, bytes]]:
+        """``[(key, bytes)]`` of one resource, in one namespace or all (None or ``""``),
+        sorted by namespace and name."""
+        trusted = CacheKey.trusted
+        out: builtins.list[tuple[CacheKey, bytes]] = []
+        for ns, names in sorted(self._groups(component, gvr, namespace), key=_first):
+            out.extend(
+                (trusted(component, gvr, ns, name), _slot_data(names[name]))
+                for name in sorted(names)
+            )
+        return out
 
     def components(self) -> builtins.list[str]:
         """Components with anything cached, sorted."""
@@ -240,18 +287,23 @@ class ObjectIndex:
 
     def entries(self) -> Iterator[_Entry]:
         """Every cached ``(key, resource_version, bytes)``."""
-        for by_namespace in self._resources.values():
-            for names in by_namespace.values():
-                yield from names.values()
+        trusted = CacheKey.trusted
+        for (component, gvr), by_namespace in builtins.list(self._resources.items()):
+            for ns, names in builtins.list(by_namespace.items()):
+                for name, slot in builtins.list(names.items()):
+                    yield trusted(component, gvr, ns, name), _slot_rv(slot), _slot_data(slot)
 
     def set(self, key: CacheKey, resource_version: str, data: bytes) -> None:
         """Store an object whatever the cached copy's resourceVersion."""
-        names = self._resources.setdefault((key.component, key.gvr), {}).setdefault(
-            key.namespace, {}
-        )
+        by_namespace = self._resources.get((key.component, key.gvr))
+        if by_namespace is None:
+            by_namespace = self._resources[(key.component, key.gvr)] = {}
+        names = by_namespace.get(key.namespace)
+        if names is None:
+            names = by_namespace[key.namespace] = {}
         if key.name not in names:
             self._count += 1
-        names[key.name] = (key, resource_version, data)
+        names[key.name] = _slot(resource_version, data)
         self.generation += 1
 
     def remove(self, key: CacheKey) -> bool:
@@ -270,8 +322,8 @@ class ObjectIndex:
 
     def put(self, key: CacheKey, resource_version: str, data: bytes) -> bool:
         """Store an object unless the cached copy is as new (`is_as_new`); True if stored."""
-        cached = self.entry(key)
-        if cached is not None and is_as_new(cached[0], resource_version):
+        slot = self._slot_of(key)
+        if slot is not None and is_as_new(_slot_rv(slot), resource_version):
             return False
         self.set(key, resource_version, data)
         return True
@@ -279,8 +331,8 @@ class ObjectIndex:
     def delete(self, key: CacheKey, resource_version: str | None = None) -> bool:
         """Forget an object unless the cached copy is newer than ``resource_version``;
         True if it was removed."""
-        cached = self.entry(key)
-        if cached is None or is_newer(cached[0], resource_version):
+        slot = self._slot_of(key)
+        if slot is None or is_newer(_slot_rv(slot), resource_version):
             return False
         return self.remove(key)
 
@@ -306,13 +358,19 @@ class ObjectIndex:
                 raise ValueError(
                     f"{key} is not in the list of {component} {gvr.dirname} {namespace or ''}"
                 )
-        removals = [
-            key
-            for key, rv, data in self.keys(component, gvr, namespace)
-            if key not in objects
-            and (covered is None or covered(key, data))
-            and not is_newer(rv, list_resource_version)
-        ]
+        # A key is built for each cached object to look it up and dropped at once unless
+        # it is to be removed: nothing per object piles up.
+        trusted = CacheKey.trusted
+        removals = []
+        for ns, names in self._groups(component, gvr, namespace):
+            for name, slot in names.items():
+                key = trusted(component, gvr, ns, name)
+                if (
+                    key not in objects
+                    and (covered is None or covered(key, _slot_data(slot)))
+                    and not is_newer(_slot_rv(slot), list_resource_version)
+                ):
+                    removals.append(key)
         changed = []
         for key in removals:
             self.remove(key)
@@ -321,6 +379,10 @@ class ObjectIndex:
             if self.put(key, rv, data):
                 changed.append(key)
         return changed
+
+
+def _first(pair: tuple[str, Any]) -> str:
+    return pair[0]
 
 
 class IndexedReads:
