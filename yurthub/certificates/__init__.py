@@ -1,0 +1,1 @@
+"""The node's certificates: keys and CSRs, getting them signed, and where they are kept."""
