@@ -129,9 +129,9 @@ class ScriptedDisk(_Disk):
         self._step("makedir", path)
         return super().makedir(path)
 
-    def create_temp(self, directory: str) -> tuple[int, str]:
+    def create_temp(self, directory: str, name: str | None = None) -> tuple[int, str]:
         self._step("create_temp", directory)
-        return super().create_temp(directory)
+        return super().create_temp(directory, name)
 
     def write(self, fd: int, data: bytes) -> None:
         self._step("write", str(fd))

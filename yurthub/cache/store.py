@@ -58,6 +58,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
+from json.encoder import encode_basestring_ascii  # type: ignore[attr-defined]
 from typing import Any
 
 from twisted.internet import defer
@@ -429,9 +430,10 @@ class _Disk:
                 raise OSError(errno.ENOTDIR, "exists and is not a directory", path) from None
             return False
 
-    def create_temp(self, directory: str) -> tuple[int, str]:
-        """A new 0600 temp file in ``directory``: its descriptor and path."""
-        path = os.path.join(directory, TEMP_PREFIX + secrets.token_hex(8))
+    def create_temp(self, directory: str, name: str | None = None) -> tuple[int, str]:
+        """A new 0600 temp file in ``directory`` (named ``name``, which must start with
+        `TEMP_PREFIX`, else a random name): its descriptor and path."""
+        path = os.path.join(directory, name or TEMP_PREFIX + secrets.token_hex(8))
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
         return os.open(path, flags, 0o600), path
 
@@ -475,10 +477,11 @@ class _Disk:
 
     # composite operations, made of the steps above
 
-    def write_temp(self, directory: str, data: bytes) -> str:
-        """Write ``data`` to a new fsynced temp file in ``directory``; its path. On an
-        error the temp file is removed and the error raised."""
-        fd, path = self.create_temp(directory)
+    def write_temp(self, directory: str, data: bytes, name: str | None = None) -> str:
+        """Write ``data`` to a new fsynced temp file in ``directory`` (see `create_temp`
+        for ``name``); its path. On an error the temp file is removed and the error
+        raised."""
+        fd, path = self.create_temp(directory, name) if name else self.create_temp(directory)
         try:
             self.write(fd, data)
             self.fsync(fd)
@@ -507,6 +510,15 @@ class _Disk:
             raise
 
 
+def _temp_name(token: str, index: int) -> str:
+    return f"{TEMP_PREFIX}{token}-{index}"
+
+
+def _json_text(text: str) -> bytes:
+    """``text`` as a JSON string, ASCII-only bytes."""
+    return encode_basestring_ascii(text).encode("ascii")
+
+
 def _quietly(operation: Callable[..., object], *args: Any) -> None:
     try:
         operation(*args)
@@ -525,9 +537,13 @@ def _describe(exc: OSError, path: str) -> str:
 
 @dataclass
 class _Batch:
+    """One writer turn. A replacement's keys and bytes are two parallel lists rather than
+    a list of pairs: after a 10,000-object list that is 10,000 fewer small objects."""
+
     turn: int
     plain: list[tuple[CacheKey, bytes | None]]
-    group: list[tuple[CacheKey, bytes | None]]
+    group: list[CacheKey]
+    group_data: list[bytes | None]
     documents: list[tuple[str, bytes | None]]
     waiters: list[defer.Deferred[None]]
 
@@ -840,10 +856,11 @@ class FilesystemObjectStore(IndexedReads):
     def _take_batch(self) -> _Batch:
         """Everything queued, with the bytes memory holds for it now (lock held)."""
         entry = self._index.get
-        group = [(key, entry(key)) for key in self._group]
+        group = builtins.list(self._group)
+        group_data = [entry(key) for key in group]
         plain = [(key, entry(key)) for key in self._dirty if key not in self._group]
         documents = [(name, self._documents.get(name)) for name in self._dirty_documents]
-        batch = _Batch(self._turn, plain, group, documents, self._waiters)
+        batch = _Batch(self._turn, plain, group, group_data, documents, self._waiters)
         self._turn += 1
         self._in_flight = len(group) + len(plain) + len(documents)
         self._dirty, self._group, self._dirty_documents, self._waiters = {}, {}, {}, []
@@ -854,7 +871,7 @@ class FilesystemObjectStore(IndexedReads):
         failed: builtins.list[CacheKey] = []
         self._retry_journals()
         if batch.group:
-            ok, bad = self._write_group(batch.turn, batch.group)
+            ok, bad = self._write_group(batch.turn, batch.group, batch.group_data)
             written += ok
             failed += bad
         by_dir: dict[str, builtins.list[CacheKey]] = {}
@@ -922,47 +939,64 @@ class FilesystemObjectStore(IndexedReads):
         return changed
 
     def _write_group(
-        self, turn: int, entries: builtins.list[tuple[CacheKey, bytes | None]]
+        self, turn: int, keys: builtins.list[CacheKey], datas: builtins.list[bytes | None]
     ) -> tuple[builtins.list[CacheKey], builtins.list[CacheKey]]:
-        """Write a replacement through a journal (see the module docstring); the keys now
-        on disk and those that failed."""
+        """Write a replacement (``datas[i]`` for ``keys[i]``, None to delete) through a
+        journal (see the module docstring); the keys now on disk and those that failed.
+
+        Nothing per key is held across the steps: the temp file of ``keys[i]`` is named
+        from this group's random token and ``i``, and paths are worked out again where
+        they are needed, so that writing 10,000 objects does not hold 10,000 paths (which
+        would keep megabytes of the allocator's memory in the process after they went).
+        """
         disk = self._disk
-        renames: builtins.list[tuple[str, str, CacheKey]] = []
-        deletes: builtins.list[tuple[str, CacheKey]] = []
+        token = secrets.token_hex(8)
         journal = os.path.join(self._journal_dir, f"{time.time_ns():020d}-{turn:010d}.json")
         path = journal
+        made = 0  # entries before this one have their temp file written (if they have one)
         try:
             to_sync: set[str] = set()
-            for key, data in entries:
+            renames = bytearray()
+            deletes = bytearray()
+            for i, key in enumerate(keys):
                 path = self.path_of(key)
+                relative = "/".join(key.parts)
+                data = datas[i]
                 if data is None:
-                    deletes.append((path, key))
+                    deletes += b"," + _json_text(relative)
+                    made = i + 1
                     continue
                 parent = os.path.dirname(path)
                 to_sync.update(self._ensure_dir(parent))
-                renames.append((disk.write_temp(parent, data), path, key))
+                temp_name = _temp_name(token, i)
+                disk.write_temp(parent, data, temp_name)
+                made = i + 1
+                renames += b",[" + _json_text(relative.rpartition("/")[0] + "/" + temp_name)
+                renames += b"," + _json_text(relative) + b"]"
                 to_sync.add(parent)
             for directory in sorted(to_sync):
                 path = directory
                 disk.fsync_dir(directory)
             path = journal
-            plan = {
-                "renames": [
-                    [self._relative(temp), self._relative(target)] for temp, target, _ in renames
-                ],
-                "deletes": [self._relative(target) for target, _ in deletes],
-            }
-            disk.write_atomic(journal, json.dumps(plan, separators=(",", ":")).encode())
+            plan = b'{"renames":[%s],"deletes":[%s]}' % (renames[1:], deletes[1:])
+            del renames, deletes
+            disk.write_atomic(journal, plan)
+            del plan
             disk.fsync_dir(self._journal_dir)
         except OSError as exc:
             self._disk_error(exc, path)
-            for temp, _, _ in renames:
-                _quietly(disk.unlink, temp)
-            return [], [key for key, _ in entries]
+            for i in range(made):
+                if datas[i] is not None:
+                    _quietly(disk.unlink, self._temp_path(keys[i], token, i))
+            return [], builtins.list(keys)
         ok: dict[str, builtins.list[CacheKey]] = {}
         failed: builtins.list[CacheKey] = []
         gone: builtins.list[CacheKey] = []
-        for temp, target, key in renames:
+        for i, key in enumerate(keys):
+            if datas[i] is None:
+                continue
+            target = self.path_of(key)
+            temp = self._temp_path(key, token, i)
             try:
                 disk.rename(temp, target)
                 ok.setdefault(os.path.dirname(target), []).append(key)
@@ -970,7 +1004,10 @@ class FilesystemObjectStore(IndexedReads):
                 self._disk_error(exc, target)
                 _quietly(disk.unlink, temp)
                 failed.append(key)
-        for target, key in deletes:
+        for i, key in enumerate(keys):
+            if datas[i] is not None:
+                continue
+            target = self.path_of(key)
             try:
                 disk.unlink(target)
             except FileNotFoundError:
@@ -982,15 +1019,19 @@ class FilesystemObjectStore(IndexedReads):
                 continue
             ok.setdefault(os.path.dirname(target), []).append(key)
         written: builtins.list[CacheKey] = gone
-        for directory, keys in ok.items():
+        for directory, done in ok.items():
             try:
                 disk.fsync_dir(directory)
-                written += keys
+                written += done
             except OSError as exc:
                 self._disk_error(exc, directory)
-                failed += keys
+                failed += done
         self._remove_journal(journal)
         return written, failed
+
+    def _temp_path(self, key: CacheKey, token: str, index: int) -> str:
+        """The temp file `_write_group` writes ``key``'s bytes to."""
+        return os.path.join(os.path.dirname(self.path_of(key)), _temp_name(token, index))
 
     def _remove_journal(self, journal: str) -> None:
         try:
@@ -1014,9 +1055,6 @@ class FilesystemObjectStore(IndexedReads):
         if journals:
             with self._lock:
                 self._update_health()
-
-    def _relative(self, path: str) -> str:
-        return os.path.relpath(path, self.directory).replace(os.sep, "/")
 
     def _settle(
         self,
@@ -1070,7 +1108,7 @@ class FilesystemObjectStore(IndexedReads):
         with self._lock:
             self.health.errors += 1
             self.health.last_error = f"cache writer: {failure.getErrorMessage()}"
-        keys = [k for k, _ in batch.group] + [k for k, _ in batch.plain]
+        keys = batch.group + [k for k, _ in batch.plain]
         self._settle(batch.turn, [], keys, [], [n for n, _ in batch.documents])
         self._reactor.callFromThread(_log.failure, "cache writer turn failed", failure)
 
