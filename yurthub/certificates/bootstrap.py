@@ -30,6 +30,7 @@ import yaml
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from OpenSSL import SSL
+from service_identity import VerificationError
 from twisted.internet import defer, ssl
 from twisted.internet.abstract import isIPAddress, isIPv6Address
 from twisted.internet.interfaces import IOpenSSLClientConnectionCreator
@@ -329,12 +330,24 @@ def _describe(failure: Failure) -> str:
         inner = value.reasons[0]
         if isinstance(inner, Failure):
             return _describe(inner)
+    if isinstance(value, VerificationError):
+        return "TLS failed: the server certificate does not name the host in the URL"
     if isinstance(value, SSL.Error):
         # pyOpenSSL's args are [[(library, function, reason), ...]]; the reasons say it.
         details = value.args[0] if value.args and isinstance(value.args[0], list) else []
         reasons = [str(d[-1]) for d in details if isinstance(d, tuple) and d[-1]]
         return "TLS failed: " + (", ".join(reasons) or "handshake error")
     return _one_line(value) or type(value).__name__
+
+
+def _cancelled(failure: Failure) -> bool:
+    """Whether the request ended by a cancellation (Agent wraps it in its own errors)."""
+    if failure.check(defer.CancelledError):
+        return True
+    value = failure.value
+    if isinstance(value, ResponseNeverReceived | ResponseFailed):
+        return any(isinstance(r, Failure) and _cancelled(r) for r in value.reasons)
+    return False
 
 
 def _one_line(value: object) -> str:
@@ -365,16 +378,29 @@ async def _fetch(reactor: Any, url: str, creator: Any, timeout: float) -> dict[s
         return _read_body(response).addCallback(lambda body: (response.code, body))
 
     answer = agent.request(b"GET", url.encode("ascii"), headers).addCallback(read)
-    answer.addTimeout(timeout, reactor)
+    # Our own timer rather than addTimeout: Agent wraps the cancellation in
+    # ResponseNeverReceived, and a cancellation by our caller must stay a cancellation.
+    expired = []
+
+    def expire() -> None:
+        expired.append(True)
+        answer.cancel()
+
+    timer = reactor.callLater(timeout, expire)
     try:
         code, body = await answer
     except BootstrapError:
         raise
-    except defer.TimeoutError:
-        raise BootstrapError(f"no answer from {url} within {timeout:g} s") from None
     except Exception:
-        raise BootstrapError(f"cannot read {url}: {_describe(Failure())}") from None
+        failure = Failure()
+        if expired:
+            raise BootstrapError(f"no answer from {url} within {timeout:g} s") from None
+        if _cancelled(failure):
+            raise defer.CancelledError() from None
+        raise BootstrapError(f"cannot read {url}: {_describe(failure)}") from None
     finally:
+        if timer.active():
+            timer.cancel()
         await pool.closeCachedConnections()
     if code != 200:
         message = _status_message(body)
@@ -413,16 +439,22 @@ async def discover(
     given are always enforced, as in kubeadm), then reads it again verifying the server
     and its host name with that CA and requires the identical kubeconfig. Each read is
     bounded by ``timeout`` seconds. Fires with the `ClusterInfo`; fails with
-    `BootstrapError` only.
+    `BootstrapError` only (or `CancelledError` when the caller cancels it).
     """
     normal_pins = _normalise_pins(pins)
-    parts = urlsplit(server_url.strip())
-    if parts.scheme != "https" or not parts.hostname:
-        raise BootstrapError(f"bootstrap server {server_url!r} is not an https:// URL")
-    url = f"https://{parts.netloc}{parts.path.rstrip('/')}{CLUSTER_INFO_PATH}"
-    host = parts.hostname
+    try:
+        parts = urlsplit(server_url.strip())
+        parts.port  # noqa: B018  (raises ValueError on a bad port)
+        url = f"https://{parts.netloc}{parts.path.rstrip('/')}{CLUSTER_INFO_PATH}"
+        url.encode("ascii")
+        host = parts.hostname or ""
+        unverified = _UnverifiedTLS(host)
+    except (ValueError, UnicodeError):
+        host = ""
+    if parts.scheme != "https" or not host:
+        raise BootstrapError(f"bootstrap server {server_url!r} is not an https://host[:port] URL")
 
-    insecure = await _fetch(reactor, url, _UnverifiedTLS(host), timeout)
+    insecure = await _fetch(reactor, url, unverified, timeout)
     info = verify_cluster_info(insecure, token)
     _check_pins(info, normal_pins, unsafe_skip_ca_verification)
 
