@@ -5,12 +5,14 @@ Two parts, on 127.0.0.1, every process in its own group:
 1. Limiter overhead. proxy-list's scenario (nginx serving the 100-pod list as the
    upstream, wrk with 16 keep-alive connections, kubelet's User-Agent) against two
    yurthub processes started side by side: ``flowControl: {maxRequestsInFlight: 250}``
-   (the default, limiter on) and ``maxRequestsInFlight: 0`` (off). They are measured in
-   turn, ``rounds`` times each, the order swapped every round (on, off, off, on, ...) so a
-   drift of the machine's speed falls on both alike. The overhead is ``1 - on / off`` of
-   requests per second and the same by CPU time per request (``1 - off / on`` of the
-   microseconds, the throughput lost when yurthub is CPU-bound); the verdict uses the
-   latter, which the other load on a shared VM disturbs far less.
+   (the default, limiter on) and ``maxRequestsInFlight: 0`` (off), a fresh pair every
+   round (a process can be ~20 % slower than another of the same config for its whole
+   life). They are measured in turn, ``rounds`` times each, the order swapped every round
+   (on, off, off, on, ...) so a drift of the machine's speed falls on both alike. The
+   overhead is ``1 - on / off`` of requests per second and the same by CPU time per
+   request (``1 - off / on`` of the microseconds, the throughput lost when yurthub is
+   CPU-bound); the verdict uses the latter, which the other load on a shared VM
+   disturbs far less.
 2. Slow upstream. `bench.cloud` (the simulated kube-apiserver) holds every
    ``GET /api/v1/namespaces/small/pods`` ``delay`` seconds; a yurthub with the default
    limit sits in front. `bench.burst` opens ``burst`` connections to it, waits until
@@ -207,17 +209,6 @@ def _overhead(
         nginx_conf.upstream_conf(bench_run.temp, up_port, pods_file, workers=UPSTREAM_WORKERS),
     )
     wait_for_status(upstream, f"http://127.0.0.1:{up_port}/readyz", timeout=15)
-    emit("bench: starting two yurthubs in front of nginx: limiter on (250) and off (0) ...")
-    hubs, targets = {}, []
-    for key, label, limit in HUBS:
-        hub = _start_hub(bench_run, f"{key}-nginx", up_port, limit)
-        hubs[key] = hub
-        targets.append(
-            Target(key, label, f"http://127.0.0.1:{hub.proxy_port}{PATH}", hub.child,
-                   f"twistd yurthub, flowControl.maxRequestsInFlight {limit}")
-        )  # fmt: skip
-    _verify(targets, body)
-    emit(f"bench: both return the {len(body):,}-byte list byte for byte")
     load = Load(
         wrk=tools.wrk,
         script=write_script(bench_run.temp),
@@ -229,19 +220,36 @@ def _overhead(
     )
     rounds: list[list[Row]] = []
     orders: list[list[str]] = []
-    for number in range(settings.rounds):
-        order = targets if number % 2 == 0 else targets[::-1]
-        measured: dict[str, Row] = {}
-        for target in order:
-            emit(f"bench: measuring {target.label} (round {number + 1}/{settings.rounds}) ...")
-            measured[target.key] = measure(load, target, upstream, bench_run.children)
-        rounds.append([measured[t.key] for t in targets])
-        orders.append([t.key for t in order])
     diagnostics = {}
-    for key, hub in hubs.items():
-        diagnostics[key] = yurthub_diagnostics(hub.child, hub.hub_url) | {"flow": hub.flow()}
-        hub.child.stop()
-        bench_run.children.remove(hub.child)
+    for number in range(1, settings.rounds + 1):
+        # A fresh pair every round: one process can run ~20 % slower than another of the
+        # same config for its whole life, which must not pass for the limiter's cost.
+        emit(
+            f"bench: round {number}/{settings.rounds}: starting two yurthubs in front of nginx, "
+            "limiter on (250) and off (0) ..."
+        )
+        order = HUBS if number % 2 else HUBS[::-1]
+        hubs, targets = {}, {}
+        for key, label, limit in order:
+            hub = _start_hub(bench_run, f"{key}-nginx-{number}", up_port, limit)
+            hubs[key] = hub
+            targets[key] = Target(
+                key, label, f"http://127.0.0.1:{hub.proxy_port}{PATH}", hub.child,
+                f"twistd yurthub, flowControl.maxRequestsInFlight {limit}",
+            )  # fmt: skip
+        _verify(list(targets.values()), body)
+        measured: dict[str, Row] = {}
+        for key, _, _ in order:
+            emit(f"bench: measuring {targets[key].label} (round {number}/{settings.rounds}) ...")
+            measured[key] = measure(load, targets[key], upstream, bench_run.children)
+        rounds.append([measured[key] for key, _, _ in HUBS])
+        orders.append([key for key, _, _ in order])
+        for key, hub in hubs.items():
+            diagnostics[f"{key}, round {number}"] = yurthub_diagnostics(hub.child, hub.hub_url) | {
+                "flow": hub.flow()
+            }
+            hub.child.stop()
+            bench_run.children.remove(hub.child)
     upstream.stop()
     bench_run.children.remove(upstream)
     return {
