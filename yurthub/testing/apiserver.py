@@ -209,6 +209,12 @@ class SimulatedAPIServer:
         self.healthy = True
         self.requests: list[RequestRecord] = []
         self.csr_auto_approve = False
+        #: When set, certificates signed by `sign_csr` live this many seconds whatever the
+        #: CSR's ``spec.expirationSeconds`` asks (tests of rotation want short lives).
+        self.csr_lifetime: float | None = None
+        #: When set, a created CSR gets a ``Denied`` condition (reason ``SimulatedDeny``)
+        #: instead of being signed.
+        self.csr_deny = False
         self.server_cert_pem: bytes | None = None
         self._resource = _APIResource(self)
         self._site = _QuietSite(self._resource, reactor=reactor)
@@ -514,7 +520,8 @@ class SimulatedAPIServer:
         """Approve and sign the CSR ``name`` with ``pki`` (default: the server's TLS PKI).
 
         Sets the ``Approved`` condition and ``status.certificate`` the way
-        kube-controller-manager's signer does; returns the updated object.
+        kube-controller-manager's signer does; returns the updated object. The certificate
+        lives ``csr_lifetime`` seconds when that is set, else ``spec.expirationSeconds``.
         """
         signer = pki or self.tls
         if signer is None:
@@ -527,16 +534,33 @@ class SimulatedAPIServer:
         spec = obj.get("spec", {})
         usages = spec.get("usages") or ["client auth"]
         lifetime = spec.get("expirationSeconds") or 365 * 86400
+        if self.csr_lifetime is not None:
+            lifetime = self.csr_lifetime
         cert = signer.sign_csr(base64.b64decode(spec.get("request", "")),
                                lifetime_seconds=lifetime, usages=usages)
+        return self._add_csr_condition(obj, "Approved", "AutoApproved",
+                                       "approved by the simulated apiserver",
+                                       certificate=base64.b64encode(cert).decode("ascii"))
+
+    def deny_csr(self, name: str, *, reason: str = "SimulatedDeny",
+                 message: str = "denied by the simulated apiserver") -> JSONDict:
+        """Add a ``Denied`` condition to the CSR ``name``, as ``kubectl certificate deny`` does."""
+        rtype = self.resource_type("certificatesigningrequests")
+        stored = self.store.get(rtype, "", name)
+        if stored is None:
+            raise rtype.not_found(name)
+        return self._add_csr_condition(stored.copy(), "Denied", reason, message)
+
+    def _add_csr_condition(self, obj: JSONDict, kind: str, reason: str, message: str,
+                           **status_fields: Any) -> JSONDict:
         status = obj.setdefault("status", {})
         now = format_timestamp(self._reactor.seconds())
-        conditions = [c for c in status.get("conditions") or [] if c.get("type") != "Approved"]
-        conditions.append({"type": "Approved", "status": "True", "reason": "AutoApproved",
-                           "message": "approved by the simulated apiserver",
+        conditions = [c for c in status.get("conditions") or [] if c.get("type") != kind]
+        conditions.append({"type": kind, "status": "True", "reason": reason, "message": message,
                            "lastUpdateTime": now, "lastTransitionTime": now})
         status["conditions"] = conditions
-        status["certificate"] = base64.b64encode(cert).decode("ascii")
+        status.update(status_fields)
+        rtype = self.resource_type("certificatesigningrequests")
         return self.store.update(rtype, obj).copy()
 
     def add_bootstrap_token(self, token: str, *, server_url: str | None = None) -> JSONDict:
@@ -589,6 +613,9 @@ class SimulatedAPIServer:
         return self.update(current)
 
     def _after_create(self, resource: ResourceType, stored: StoredObject) -> None:
+        if resource.plural == "certificatesigningrequests" and self.csr_deny:
+            self.deny_csr(stored.name)
+            return
         if (resource.plural == "certificatesigningrequests" and self.csr_auto_approve
                 and self.tls is not None):
             try:
