@@ -105,9 +105,11 @@ class CertificatesConfig:
     """The node's credentials towards the cloud.
 
     ``ca_file``, ``cert_file`` and ``key_file`` name PEM files used as they are (the cluster
-    CA, and the client certificate and key yurthub presents upstream). The bootstrap keys
-    (``mode``, ``bootstrap_token``, ``ca_cert_hashes``) are validated here and used by the
-    certificate manager.
+    CA, and the client certificate and key yurthub presents upstream). Without
+    ``cert_file``, mode ``token`` has the certificate manager bootstrap and rotate one in
+    ``dir`` (with ``bootstrap_token``, ``ca_cert_hashes``; ``organizations`` are added to
+    its subject, ``serving_ips`` to the serving certificate's names), and mode ``kubelet``
+    uses kubelet's ``kubelet_cert_file`` (certificate and key in one file).
     """
 
     dir: str = "/var/lib/yurthub/pki"
@@ -120,6 +122,9 @@ class CertificatesConfig:
     key_file: str = ""
     serving_cert_file: str = ""
     serving_key_file: str = ""
+    organizations: tuple[str, ...] = ()
+    serving_ips: tuple[str, ...] = ()
+    kubelet_cert_file: str = "/var/lib/kubelet/pki/kubelet-client-current.pem"
 
 
 @dataclass(frozen=True)
@@ -160,7 +165,7 @@ class Config:
 
 
 #: YAML spellings that do not follow from plain camel-casing.
-_SPELLINGS = {"unsafe_skip_ca_verification": "unsafeSkipCAVerification"}
+_SPELLINGS = {"unsafe_skip_ca_verification": "unsafeSkipCAVerification", "serving_ips": "servingIPs"}
 
 
 def camel(name: str) -> str:
@@ -198,6 +203,15 @@ def _positive_number(value: object) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
         raise _Bad(f"must be a number > 0, got {value!r}")
     return float(value)
+
+
+def _ip_address(value: object) -> str:
+    import ipaddress
+
+    try:
+        return str(ipaddress.ip_address(str(value)))
+    except ValueError:
+        raise _Bad(f"must be an IP address, got {value!r}") from None
 
 
 def _non_negative_number(value: object) -> float:
@@ -353,6 +367,9 @@ _SECTIONS: dict[str, tuple[type, dict[str, Callable[[object], Any]]]] = {
             "keyFile": _string,
             "servingCertFile": _string,
             "servingKeyFile": _string,
+            "organizations": _list_of(_string),
+            "servingIPs": _list_of(_ip_address),
+            "kubeletCertFile": _string,
         },
     ),
     "tenant": (TenantConfig, {"namespaces": _list_of(_namespace)}),

@@ -3,11 +3,13 @@
 ``GET /v1/healthz`` answers 200 ``OK`` while the process serves. ``GET /v1/readyz`` answers
 200 when every readiness check holds, else 503 with one line per check saying which failed
 and why (``?verbose`` lists the passing ones too). ``GET /metrics`` is the Prometheus text
-exposition of the process's registry.
+exposition of the process's registry. ``POST /v1/token`` gives the certificate manager a new
+bootstrap token.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -129,12 +131,38 @@ class Flag:
         return self.ok, "" if self.ok else self._waiting_for
 
 
-def make_hub_root(metrics: ProxyMetrics, checks: Sequence[IReadinessCheck]) -> Resource:
+class TokenPage(Resource):
+    """``POST /v1/token`` with ``{"bootstrapToken": "<id>.<secret>"}`` (OpenYurt's
+    ``{"jointoken": ...}`` accepted too): a new bootstrap token for the certificate manager.
+    200 when taken, 400 with the reason when it is malformed, 404 without a manager."""
+
+    isLeaf = True
+
+    def __init__(self, certificates: Any) -> None:
+        super().__init__()
+        self._certificates = certificates
+
+    def render_POST(self, request: Request) -> bytes:  # noqa: N802
+        if self._certificates is None:
+            return _plain(request, 404, "the certificate manager is not running (certificates.certFile is set)")
+        try:
+            document = json.loads(request.content.read() if request.content is not None else b"")
+            token = document.get("bootstrapToken") or document.get("jointoken") or ""
+            if not isinstance(token, str) or not token:
+                raise ValueError('expected {"bootstrapToken": "<id>.<secret>"}')
+            self._certificates.set_bootstrap_token(token)
+        except Exception as e:  # malformed JSON or token: the reason, in one line
+            return _plain(request, 400, f"bad token request: {e}")
+        return _plain(request, 200, "bootstrap token set")
+
+
+def make_hub_root(metrics: ProxyMetrics, checks: Sequence[IReadinessCheck], certificates: Any = None) -> Resource:
     """The hub listener's resource tree."""
     root = Resource()
     v1 = Resource()
     root.putChild(b"v1", v1)
     v1.putChild(b"healthz", Healthz())
     v1.putChild(b"readyz", Readyz(checks))
+    v1.putChild(b"token", TokenPage(certificates))
     root.putChild(b"metrics", MetricsPage(metrics))
     return root

@@ -9,20 +9,28 @@ a port-0 listener, or build any part alone with fakes.
 from __future__ import annotations
 
 import ctypes
+import os
 from typing import Any
 
 from twisted.application.service import MultiService, Service
 from twisted.internet import defer, ssl, threads
 from twisted.internet.endpoints import serverFromString
-from twisted.internet.interfaces import IListeningPort, IProtocolFactory, IReactorCore
+from twisted.internet.interfaces import (
+    IListeningPort,
+    IOpenSSLContextFactory,
+    IProtocolFactory,
+    IReactorCore,
+)
 from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.threadpool import ThreadPool
 from twisted.web.server import Site
+from zope.interface import implementer
 
 from yurthub.cache.gc import CacheJanitor
 from yurthub.cache.manager import CacheManager
 from yurthub.cache.store import FilesystemObjectStore
+from yurthub.certificates.manager import CertificateManager, CertificateReady
 from yurthub.config import Config, describe
 from yurthub.hub import BackendsReachable, Flag, StoreHealthy, make_hub_root
 from yurthub.interfaces import ICredentialSource, IObjectStore
@@ -95,20 +103,40 @@ class Listener(Service):
         return self.port.getHost().port  # type: ignore[attr-defined, no-any-return]
 
 
+@implementer(IOpenSSLContextFactory)
+class ServingTLS:
+    """The HTTPS proxy listener's TLS settings, swappable while it listens: each new
+    handshake takes the current certificate (TLS 1.2 or later, HTTP/2 by ALPN), so a
+    renewed serving certificate is used without a restart. Before there is one, handshakes
+    fail."""
+
+    def __init__(self) -> None:
+        self.options: ssl.CertificateOptions | None = None
+
+    def use(self, cert_pem: bytes, key_pem: bytes) -> None:
+        certificate = ssl.PrivateCertificate.loadPEM(cert_pem + b"\n" + key_pem)
+        self.options = ssl.CertificateOptions(
+            privateKey=certificate.privateKey.original,
+            certificate=certificate.original,
+            raiseMinimumTo=ssl.TLSVersion.TLSv1_2,
+            acceptableProtocols=[b"h2", b"http/1.1"],
+        )
+
+    def getContext(self) -> Any:  # noqa: N802 - the context-factory interface
+        if self.options is None:
+            raise ValueError("no serving certificate yet")
+        return self.options.getContext()
+
+
 def serving_tls_factory(cert_file: str, key_file: str, site: Site) -> TLSMemoryBIOFactory:
-    """TLS (1.2 or later, HTTP/2 by ALPN) around a site, with the given serving cert."""
+    """TLS around a site with the serving certificate and key in these files."""
     with open(cert_file, "rb") as f:
         cert_pem = f.read()
     with open(key_file, "rb") as f:
         key_pem = f.read()
-    certificate = ssl.PrivateCertificate.loadPEM(cert_pem + b"\n" + key_pem)
-    options = ssl.CertificateOptions(
-        privateKey=certificate.privateKey.original,
-        certificate=certificate.original,
-        raiseMinimumTo=ssl.TLSVersion.TLSv1_2,
-        acceptableProtocols=[b"h2", b"http/1.1"],
-    )
-    return TLSMemoryBIOFactory(options, False, site)
+    tls = ServingTLS()
+    tls.use(cert_pem, key_pem)
+    return TLSMemoryBIOFactory(tls, False, site)
 
 
 def release_free_memory() -> None:
@@ -120,6 +148,27 @@ def release_free_memory() -> None:
         libc.malloc_trim(0)
     except (OSError, AttributeError):
         pass
+
+
+def certificates_managed(config: Config) -> bool:
+    """Whether the certificate manager runs: mode ``kubelet``, or mode ``token`` without a
+    configured ``certFile`` and with a bootstrap token or a certificate from an earlier run."""
+    certs = config.certificates
+    if certs.cert_file:
+        return False
+    if certs.mode == "kubelet":
+        return True
+    return bool(certs.bootstrap_token) or os.path.lexists(os.path.join(certs.dir, "yurthub-current.pem"))
+
+
+def _interface_ips(description: str) -> tuple[str, ...]:
+    """The IP address a listener endpoint binds (``interface=``), if a specific one."""
+    for part in description.split(":"):
+        if part.startswith("interface="):
+            address = part[len("interface=") :]
+            if address not in ("", "0.0.0.0", "::"):
+                return (address,)
+    return ()
 
 
 class YurtHub(MultiService):
@@ -140,7 +189,13 @@ class YurtHub(MultiService):
         self.backends = [Backend(url, on_change=self._backend_changed) for url in config.servers]
         self.failover = FailoverFactory(config.load_balancing, self.backends)
         certs = config.certificates
-        self.credentials = credentials or FileCredentials.from_files(certs.ca_file, certs.cert_file, certs.key_file)
+        managed = certificates_managed(config)
+        if credentials is None:
+            if managed:  # the certificate manager fills it in
+                credentials = FileCredentials.from_files(certs.ca_file if certs.mode == "token" else "")
+            else:
+                credentials = FileCredentials.from_files(certs.ca_file, certs.cert_file, certs.key_file)
+        self.credentials = credentials
         node_endpoints = BackendEndpointFactory(reactor, self.credentials, with_client_certificate=True)
         token_endpoints = BackendEndpointFactory(reactor, self.credentials, with_client_certificate=False)
         self.store = store if store is not None else FilesystemObjectStore(config.cache.dir, reactor=reactor)
@@ -207,17 +262,39 @@ class YurtHub(MultiService):
         listen = config.listen
         if listen.proxy:
             self._listen("listen.proxy", listen.proxy, ConnectionCap(self.proxy_site, self.connections))
+        self.serving_tls: ServingTLS | None = None
         if listen.secure_proxy:
             if certs.serving_cert_file:
                 factory = serving_tls_factory(certs.serving_cert_file, certs.serving_key_file, self.proxy_site)
+                self._listen("listen.secureProxy", listen.secure_proxy, ConnectionCap(factory, self.connections))
+            elif managed and certs.mode == "token":
+                # The certificate manager gets a serving certificate and renews it.
+                self.serving_tls = ServingTLS()
+                factory = TLSMemoryBIOFactory(self.serving_tls, False, self.proxy_site)
                 self._listen("listen.secureProxy", listen.secure_proxy, ConnectionCap(factory, self.connections))
             else:
                 _log.warn(
                     "listen.secureProxy is off: no serving certificate "
                     "(set certificates.servingCertFile and servingKeyFile)"
                 )
+        self.certificates: CertificateManager | None = None
+        if managed:
+            serving = self.serving_tls
+            self.certificates = CertificateManager(
+                reactor,
+                config,
+                self.credentials,
+                self.failover,
+                node_agent=self.remote.node_agent,
+                token_agent=self.remote.token_agent,
+                on_client_rotated=self._client_certificate_rotated,
+                on_serving_rotated=(lambda c: serving.use(c.cert_pem, c.key_pem)) if serving is not None else None,
+                serving_ips=_interface_ips(listen.secure_proxy),
+                run_in_thread=lambda f, *args: threads.deferToThread(f, *args),
+            )
+            self.checks.append(CertificateReady(self.certificates))
         if listen.hub:
-            hub_site = make_site(make_hub_root(self.metrics, self.checks))
+            hub_site = make_site(make_hub_root(self.metrics, self.checks, self.certificates))
             self.sites.append(hub_site)
             self._listen("listen.hub", listen.hub, hub_site)
 
@@ -237,11 +314,20 @@ class YurtHub(MultiService):
         if backend.healthy:
             # Offline watches end as soon as the cloud is back, so clients re-watch there.
             self.local.cloud_is_back()
+            if self.certificates is not None:
+                self.certificates.cloud_is_back()
             self._collect_pods()
 
     def _collect_pods(self) -> None:
         if self.cache_loaded.ok and not self.janitor.pods_collected and not self._stopped:
             self.janitor.collect_pods().addErrback(lambda f: _log.failure("pod collection failed", f))
+
+    def _client_certificate_rotated(self) -> None:
+        """A new client certificate is installed: idle connections that hold the old one
+        are closed, open streams end within a minute (each at a random moment)."""
+        for pool in (*self.remote.pools, self.health.pool):
+            pool.closeCachedConnections()
+        self.remote.end_streams_within(60.0)
 
     def startService(self) -> None:  # noqa: N802
         for warning in describe(self.config):
@@ -252,6 +338,8 @@ class YurtHub(MultiService):
         self.loading = self.store.load()
         self.loading.addCallbacks(self._loaded, self._load_failed)
         self.health.start()
+        if self.certificates is not None:
+            self.certificates.start().addErrback(lambda f: _log.failure("certificate manager failed to start", f))
         _log.info(
             "yurthub for node {node} proxying to {servers} ({mode})",
             node=self.config.node_name,
@@ -292,6 +380,8 @@ class YurtHub(MultiService):
         for site in self.sites:
             site.close_connections()
         yield self.health.stop()
+        if self.certificates is not None:
+            self.certificates.stop()
         self.janitor.stop()
         yield self.remote.close()
         yield self.loading

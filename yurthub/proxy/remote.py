@@ -291,6 +291,19 @@ class RemoteProxy:
         """The agent whose connections present the node's client certificate."""
         return self._node_agent
 
+    @property
+    def token_agent(self) -> BackendAgent:
+        """The agent whose connections present no client certificate (bearer tokens)."""
+        return self._token_agent
+
+    def end_streams_within(self, seconds: float) -> None:
+        """End every open watch cleanly at a random moment within ``seconds`` (after a
+        certificate rotation: their connections still hold the old certificate)."""
+        for exchanges in self.open.values():
+            for exchange in exchanges:
+                if exchange.info.is_watch:
+                    exchange.schedule_move(seconds * self._random(), reason="rotated")
+
     def backend_changed(self, backend: Backend) -> None:
         """Make open exchanges follow a backend's new health.
 
@@ -533,18 +546,19 @@ class _Exchange:
         code = 503 if unreachable else 502
         finish_with_status(self.request, code, f"upstream {backend.url} failed: {reason}")
 
-    def schedule_move(self, delay: float) -> None:
-        """Move this watch to a preferred backend in ``delay`` seconds (once)."""
+    def schedule_move(self, delay: float, reason: str = "preferred") -> None:
+        """End this watch cleanly in ``delay`` seconds (once), so its client re-watches:
+        for ``preferred`` only if a preferred backend is still healthy then."""
         if self._move is None and self.relay is not None and not self.client_gone:
-            self._move = self.proxy.reactor.callLater(delay, self._move_if_outranked)  # type: ignore[attr-defined]
+            self._move = self.proxy.reactor.callLater(delay, self._move_now, reason)  # type: ignore[attr-defined]
 
-    def _move_if_outranked(self) -> None:
+    def _move_now(self, reason: str) -> None:
         self._move = None
         backend = self.backend
         if backend is None or self.relay is None or self.client_gone:
             return
-        if backend.healthy and self.proxy.failover.outranked(backend):
-            self.proxy.metrics.streams_moved.labels("preferred").inc()
+        if reason != "preferred" or (backend.healthy and self.proxy.failover.outranked(backend)):
+            self.proxy.metrics.streams_moved.labels(reason).inc()
             self.relay.cut(cleanly=True)
 
     def cancel_move(self) -> None:

@@ -57,8 +57,8 @@ class HealthChecker:
         self.backends = list(backends)
         self._settings = settings
         self._metrics = metrics
-        self._pool = make_pool(reactor, 1, 2 * settings.interval_seconds)
-        self._agent = Agent.usingEndpointFactory(reactor, endpoints, pool=self._pool)
+        self.pool = make_pool(reactor, 1, 2 * settings.interval_seconds)
+        self._agent = Agent.usingEndpointFactory(reactor, endpoints, pool=self.pool)
         self._loops: dict[Backend, LoopingCall] = {}
         self._pending: set[defer.Deferred[int]] = set()
         self._streak: dict[Backend, int] = dict.fromkeys(self.backends, 0)
@@ -82,7 +82,7 @@ class HealthChecker:
         self._loops = {}
         for d in list(self._pending):
             d.cancel()
-        return self._pool.closeCachedConnections()
+        return self.pool.closeCachedConnections()
 
     @defer.inlineCallbacks
     def probe(self, backend: Backend):  # type: ignore[no-untyped-def]
