@@ -407,3 +407,8 @@ class ConnectionLimitTests(TestCase):
         # Within the limits all is well.
         code, _, _ = await fetch(self, b"GET", f"http://127.0.0.1:{self.proxy}/api/v1/pods", {b"x-fine": [b"a" * 500]})
         self.assertEqual(code, 200)
+
+    async def test_the_proxy_port_listens_with_a_deep_backlog(self) -> None:
+        # A node's components reconnecting at once must not wait on SYN retransmits.
+        await self.start()
+        self.assertEqual(self.hub.listeners["listen.proxy"].port.backlog, 1024)

@@ -161,6 +161,19 @@ def certificates_managed(config: Config) -> bool:
     return bool(certs.bootstrap_token) or os.path.lexists(os.path.join(certs.dir, "yurthub-current.pem"))
 
 
+#: Listen backlog of the proxy listeners (Twisted's default is 50): a node's components
+#: reconnecting at once after a restart would otherwise wait on SYN retransmits.
+PROXY_BACKLOG = 1024
+
+
+def _with_backlog(description: str) -> str:
+    """A TCP/SSL endpoint description with ``backlog=`` set unless it says one itself."""
+    kind = description.split(":", 1)[0]
+    if kind in ("tcp", "tcp6", "ssl") and "backlog=" not in description:
+        return f"{description}:backlog={PROXY_BACKLOG}"
+    return description
+
+
 def _interface_ips(description: str) -> tuple[str, ...]:
     """The IP address a listener endpoint binds (``interface=``), if a specific one."""
     for part in description.split(":"):
@@ -261,17 +274,21 @@ class YurtHub(MultiService):
         self.listeners: dict[str, Listener] = {}
         listen = config.listen
         if listen.proxy:
-            self._listen("listen.proxy", listen.proxy, ConnectionCap(self.proxy_site, self.connections))
+            self._listen("listen.proxy", _with_backlog(listen.proxy), ConnectionCap(self.proxy_site, self.connections))
         self.serving_tls: ServingTLS | None = None
         if listen.secure_proxy:
             if certs.serving_cert_file:
                 factory = serving_tls_factory(certs.serving_cert_file, certs.serving_key_file, self.proxy_site)
-                self._listen("listen.secureProxy", listen.secure_proxy, ConnectionCap(factory, self.connections))
+                self._listen(
+                    "listen.secureProxy", _with_backlog(listen.secure_proxy), ConnectionCap(factory, self.connections)
+                )
             elif managed and certs.mode == "token":
                 # The certificate manager gets a serving certificate and renews it.
                 self.serving_tls = ServingTLS()
                 factory = TLSMemoryBIOFactory(self.serving_tls, False, self.proxy_site)
-                self._listen("listen.secureProxy", listen.secure_proxy, ConnectionCap(factory, self.connections))
+                self._listen(
+                    "listen.secureProxy", _with_backlog(listen.secure_proxy), ConnectionCap(factory, self.connections)
+                )
             else:
                 _log.warn(
                     "listen.secureProxy is off: no serving certificate "
