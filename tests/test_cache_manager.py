@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import gc
 import json
+import sys
+import tracemalloc
 
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.http_headers import Headers
@@ -12,6 +15,7 @@ from twisted.web.test.requesthelper import DummyChannel
 from tests.offline_support import feed_answer, make_manager, pod, pod_list
 from yurthub.cache.keys import GVR, CacheKey
 from yurthub.cache.manager import accepts_json, decode_list
+from yurthub.cache.store import ListItems
 from yurthub.requestinfo import parse_request_info
 
 PODS = GVR("", "v1", "pods")
@@ -167,3 +171,68 @@ class ApplyTests(SynchronousTestCase):
         for name in ("../../etc/passwd", "a/b", "..", "x" * 300):
             feed_answer(manager, b"GET", b"/api/v1/namespaces/default/pods/x", {"kind": "Pod", **pod(name)})
         self.assertEqual(cached_names(manager), [])
+
+
+class ListItemsTests(SynchronousTestCase):
+    """A decoded list is a mapping {key: (resourceVersion, bytes)} holding only names and
+    bytes, and nothing of the answer stays once it is applied."""
+
+    def test_a_list_is_a_mapping_of_keys_to_versions_and_bytes(self) -> None:
+        document = pod_list(pod("a", rv=3), pod("b", rv=4), pod("a", namespace="kube-system", rv=5), rv=9)
+        for body in (json.dumps(document, separators=(",", ":")).encode(), json.dumps(document, indent=2).encode()):
+            items, rv = decode_list(body, "kubelet", PODS, "")
+            keys = [CacheKey("kubelet", PODS, "default", "a"), CacheKey("kubelet", PODS, "default", "b"),
+                    CacheKey("kubelet", PODS, "kube-system", "a")]
+            self.assertEqual((rv, len(items), list(items)), ("9", 3, keys))
+            self.assertEqual([hash(k) for k in items], [hash(k) for k in keys])
+            self.assertEqual([v for v, _ in items.values()], ["3", "4", "5"])  # spaced: kept apart
+            for key, (version, data) in items.items():
+                self.assertIn(key, items)
+                self.assertEqual(items[key], (version, data))
+                self.assertEqual(json.loads(data)["metadata"]["name"], key.name)
+            self.assertEqual(dict(items), {k: items[k] for k in keys})
+
+    def test_other_keys_are_not_in_it(self) -> None:
+        items = ListItems("kubelet", PODS)
+        items.add(CacheKey("kubelet", PODS, "default", "a"), "1", b'{"metadata":{"resourceVersion":"1"}}')
+        for other in (CacheKey("kube-proxy", PODS, "default", "a"), CacheKey("kubelet", GVR("", "v1", "nodes"), "default", "a"),
+                      CacheKey("kubelet", PODS, "other", "a"), CacheKey("kubelet", PODS, "default", "b"), "a"):
+            self.assertNotIn(other, items)
+            self.assertRaises(KeyError, items.__getitem__, other)
+        self.assertRaises(ValueError, items.add, CacheKey("kube-proxy", PODS, "default", "a"), "1", b"{}")
+
+    def test_a_repeated_object_counts_once_and_the_last_wins(self) -> None:
+        items = ListItems("kubelet", PODS)
+        key = CacheKey("kubelet", PODS, "default", "a")
+        items.add(key, "7", b"{}")
+        items.add(key, "2", b'{"metadata":{"resourceVersion":"2"}}')
+        self.assertEqual((len(items), items[key]), (1, ("2", b'{"metadata":{"resourceVersion":"2"}}')))
+
+    def test_decoding_empties_the_holder_of_the_answer(self) -> None:
+        holder = [json.dumps(pod_list(pod("a"))).encode()]
+        decode_list(holder, "kubelet", PODS, "")
+        self.assertEqual(holder, [])
+
+    def test_nothing_of_a_list_answer_stays_but_its_objects(self) -> None:
+        manager = make_manager()
+        count = 2000
+        pods = pod_list(*(pod(f"pod-{n:05d}", namespace="bulk", rv=100 + n) for n in range(count)))
+        body = json.dumps(pods, separators=(",", ":")).encode()  # compact, as kube-apiserver sends it
+        del pods
+        gc.collect()
+        tracemalloc.start()
+        self.addCleanup(tracemalloc.stop)
+        before = tracemalloc.get_traced_memory()[0]
+        size = len(body)
+        feed_answer(manager, b"GET", b"/api/v1/namespaces/bulk/pods", body, chunks=50)
+        del body
+        gc.collect()
+        held = tracemalloc.get_traced_memory()[0] - before
+        cached = manager.store.list("kubelet", PODS, "bulk")
+        self.assertEqual(len(cached), count)
+        data = sum(sys.getsizeof(d) for _, d in cached)
+        del cached
+        # ~115 bytes per object beside its bytes (its name and a dict slot); the answer
+        # itself, or keys and tuples per object, would be far more.
+        self.assertLess(held - data, 150 * count)
+        self.assertLess(held - data, size // 2)  # the answer itself would be all of size

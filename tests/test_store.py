@@ -10,12 +10,15 @@ crash that stops the writer dead.
 from __future__ import annotations
 
 import errno
+import gc
 import json
 import os
 import stat
 import subprocess
+import sys
 import threading
 import time
+import tracemalloc
 from typing import TYPE_CHECKING, Any, cast
 
 from hypothesis import given, settings
@@ -31,12 +34,15 @@ from yurthub.cache.store import (
     JOURNAL_DIR,
     TEMP_PREFIX,
     FilesystemObjectStore,
+    ListItems,
+    ObjectIndex,
     StoreError,
     StoreHealth,
     _Disk,
     check_document_name,
     is_as_new,
     is_newer,
+    peek_resource_version,
 )
 from yurthub.interfaces import IObjectStore
 from yurthub.testing.memory_store import MemoryObjectStore
@@ -398,6 +404,73 @@ class StoreSemanticsMixin(_MixinBase):
             self.assertRaises(InvalidKey, store.put_document, name, b"{}")
 
 
+    @defer.inlineCallbacks
+    def test_list_gives_back_keys_equal_to_those_put(self):
+        store = yield self.make_store()
+        keys = [
+            pod_key("b", "kube-system"),
+            pod_key("a"),
+            CacheKey("kubelet", NODES, "", "edge-1"),
+            CacheKey("kubelet", SLICES, "default", "web-x1"),
+        ]
+        for key in keys:
+            store.put(key, "1", pod(key.name, "1", key.namespace))
+        listed = [
+            key
+            for gvr in (PODS, NODES, SLICES)
+            for key, _ in store.list("kubelet", gvr)
+        ]
+        self.assertEqual(listed, [keys[1], keys[0], keys[2], keys[3]])
+        for key in listed:
+            self.assertIs(type(key), CacheKey)
+            self.assertEqual(hash(key), hash(CacheKey(key.component, key.gvr, key.namespace, key.name)))
+            self.assertIsNotNone(store.get(key))
+        self.assertEqual({k for k, _ in store.list("kubelet", PODS, "default")}, {keys[1]})
+
+    @defer.inlineCallbacks
+    def test_a_resource_version_the_bytes_do_not_give_back_is_kept(self):
+        store = yield self.make_store()
+        odd = {
+            "a": (b'{"metadata": {"name": "a", "resourceVersion": "5"}}', "9"),  # spaced
+            "b": (pod("b", "5"), "9"),  # the bytes say 5, the caller 9
+            "c": (b'{"metadata":{"name":"c","resourceVersion":"\\u0039"}}', "9"),  # escaped
+            "d": (b'{"metadata":{"name":"d"}}', "9"),  # none in the bytes
+        }
+        for name, (data, rv) in odd.items():
+            self.assertTrue(store.put(pod_key(name), rv, data))
+        for name, (data, _) in odd.items():
+            self.assertFalse(store.put(pod_key(name), "8", pod(name, "8")), name)
+            self.assertIs(store.get(pod_key(name)), data)
+        store.replace("kubelet", PODS, None, {}, "8")  # all newer than the list: kept
+        self.assertEqual(len(store.list("kubelet", PODS)), 4)
+        store.replace("kubelet", PODS, None, {}, "9")
+        self.assertEqual(store.list("kubelet", PODS), [])
+
+    @defer.inlineCallbacks
+    def test_many_objects_keep_little_memory_beside_their_bytes(self):
+        # Per object the index holds its name and bytes; nothing of the list (keys,
+        # tuples, the mapping it came in) stays once the replacement is written.
+        store = yield self.make_store()
+        count = 2000
+        gc.collect()
+        tracemalloc.start()
+        self.addCleanup(tracemalloc.stop)
+        before = tracemalloc.get_traced_memory()[0]
+        objects = {}
+        for n in range(count):
+            objects[pod_key(f"pod-{n:05d}", "bulk")] = (str(100 + n), pod(f"pod-{n:05d}", str(100 + n), "bulk"))
+        store.replace("kubelet", PODS, "bulk", objects, "5000")
+        del objects
+        yield store.flush()
+        gc.collect()
+        held = tracemalloc.get_traced_memory()[0] - before
+        data = sum(sys.getsizeof(d) for _, d in store.list("kubelet", PODS, "bulk"))
+        self.assertEqual(len(store), count)
+        # name (~64 bytes) and a dict slot (~50): ~115; a key, a tuple and copies of the
+        # namespace and resourceVersion would be ~230 more.
+        self.assertLess((held - data) / count, 150)
+
+
 class MemoryObjectStoreTests(StoreSemanticsMixin, TestCase):
     """The in-memory store keeps the same rules as the filesystem store."""
 
@@ -737,6 +810,30 @@ class DiskFaultTests(FilesystemStoreCase):
         yield store.flush()
         self.assertEqual(store.health.errors, 3)
         self.assertEqual(temp_files(store.directory), [])
+
+    @defer.inlineCallbacks
+    def test_a_replace_failing_after_its_temp_files_removes_them_all(self):
+        store, disk = yield self.faulty_store()
+        store.put(pod_key("a"), "1", pod("a", "1"))
+        yield store.flush()
+        old = files_under(os.path.join(store.directory, "kubelet"))
+        disk.faults["fsync_dir"] = errno.EIO
+        disk.step_names.clear()
+        objects = {pod_key(f"p{n}"): ("2", pod(f"p{n}", "2")) for n in range(5)}
+        store.replace("kubelet", PODS, None, objects, "2")
+        yield store.flush()
+        self.assertEqual(disk.step_names.count("create_temp"), 5)  # all written, then it failed
+        self.assertEqual(files_under(os.path.join(store.directory, "kubelet")), old)
+        self.assertEqual(temp_files(store.directory), [])
+        self.assertEqual(journals(store.directory), [])
+        del disk.faults["fsync_dir"]
+        store.replace("kubelet", PODS, None, objects, "3")
+        yield store.flush()
+        self.assertFalse(store.health.degraded)
+        self.assertEqual(
+            sorted(files_under(os.path.join(store.directory, "kubelet"))),
+            sorted(f"pods.v1.core/default/p{n}" for n in range(5)),
+        )
 
     @defer.inlineCallbacks
     def test_a_failed_replace_keeps_the_old_set_and_the_next_list_repairs_it(self):
@@ -1118,8 +1215,88 @@ class LoadTests(FilesystemStoreCase):
         self.assertLess(elapsed, 2.0)  # about 0.3 s here; the slack is for busy CI machines
 
 
+def _odd_pod(name: str, rv: str, shape: int, namespace: str = "default") -> bytes:
+    """Pod bytes whose resourceVersion the index can (0) or cannot read back: spaced (1),
+    another version in the bytes (2), none at all (3)."""
+    if shape == 1:
+        return json.dumps({"metadata": {"name": name, "resourceVersion": rv}}).encode()
+    if shape == 2:
+        return pod(name, rv + "0", namespace)
+    if shape == 3:
+        return json.dumps({"metadata": {"name": name}}, separators=(",", ":")).encode()
+    return pod(name, rv, namespace)
+
+
+_versions = st.sampled_from(["", "1", "5", "9", "12", "x"])
+_objects = st.dictionaries(
+    st.tuples(st.sampled_from(["default", "kube-system"]), st.sampled_from("abcd")),
+    st.tuples(_versions, st.integers(0, 3)),
+    max_size=8,
+)
+
+
+class ObjectIndexTests(TestCase):
+    """A `ListItems` replacement (the fast path) does what the same mapping as a dict does."""
+
+    @settings(max_examples=200, deadline=None)
+    @given(
+        cached=_objects,
+        listed=_objects,
+        list_rv=_versions,
+        namespace=st.sampled_from([None, "default"]),
+        selective=st.booleans(),
+    )
+    def test_list_items_replace_like_a_dict(self, cached, listed, list_rv, namespace, selective):
+        if namespace is not None:
+            listed = {k: v for k, v in listed.items() if k[0] == namespace}
+        as_dict = {}
+        items = ListItems("kubelet", PODS)
+        for (ns, name), (rv, shape) in listed.items():
+            data = _odd_pod(name, rv, shape, ns)
+            as_dict[pod_key(name, ns)] = (rv, data)
+            items.add(pod_key(name, ns), rv, data)
+        self.assertEqual(dict(items), as_dict)
+        covered = (lambda key, data: key.name in "ab") if selective else None  # noqa: E731
+        results = []
+        for objects in (as_dict, items):
+            index = ObjectIndex()
+            for (ns, name), (rv, shape) in cached.items():
+                index.set(pod_key(name, ns), rv, _odd_pod(name, rv, shape, ns))
+            generation = index.generation
+            changed = index.replace("kubelet", PODS, namespace, objects, list_rv, covered)
+            results.append(
+                (
+                    sorted(changed, key=lambda k: (k.namespace, k.name)),
+                    [(k, index.entry(k)) for k, _ in index.list("kubelet", PODS)],
+                    len(index),
+                    index.generation - generation == len(changed),
+                )
+            )
+        self.assertEqual(results[0], results[1])
+
+    def test_list_items_outside_the_list_are_refused(self):
+        index = ObjectIndex()
+        items = ListItems("kubelet", PODS)
+        items.add(pod_key("a", "kube-system"), "1", pod("a", "1", "kube-system"))
+        with self.assertRaisesRegex(ValueError, "kube-system"):
+            index.replace("kubelet", PODS, "default", items, "1")
+        with self.assertRaises(ValueError):
+            index.replace("kube-proxy", PODS, None, items, "1")
+        self.assertEqual(len(index), 0)
+
+
 class KeyPathTests(TestCase):
     """No key or document name can name a file outside the cache directory."""
+
+    def test_a_trusted_key_equals_the_validated_one(self):
+        for parts in [("kubelet", PODS, "default", "web-1"), ("kube-proxy", NODES, "", "edge-1")]:
+            key = CacheKey.trusted(*parts)
+            self.assertEqual(key, CacheKey(*parts))
+            self.assertEqual(hash(key), hash(CacheKey(*parts)))
+            self.assertEqual(key.parts, CacheKey(*parts).parts)
+            self.assertEqual(repr(key), repr(CacheKey(*parts)))
+            with self.assertRaises(AttributeError):
+                key.name = "other"  # type: ignore[misc]
 
     def test_parts_that_could_climb_out_are_refused_before_any_disk_access(self):
         for namespace, name in [
@@ -1180,6 +1357,23 @@ class KeyPathTests(TestCase):
 
 class ResourceVersionTests(TestCase):
     """The resourceVersion comparisons behind every write."""
+
+    def test_peek_reads_the_first_plain_resource_version(self):
+        self.assertEqual(peek_resource_version(pod("a", "123")), "123")
+        self.assertEqual(peek_resource_version(b'{"metadata":{"resourceVersion":""}}'), "")
+        self.assertEqual(
+            peek_resource_version(b'{"metadata":{"resourceVersion":"1"},"x":{"resourceVersion":"2"}}'),
+            "1",
+        )
+        for data in (
+            b"",
+            b'{"metadata":{"name":"a"}}',
+            b'{"metadata":{"resourceVersion": "1"}}',
+            b'{"metadata":{"resourceVersion":"1\\"2"}}',
+            '{"metadata":{"resourceVersion":"\u00e9"}}'.encode(),
+            b'{"metadata":{"resourceVersion":"1',
+        ):
+            self.assertIsNone(peek_resource_version(data), data)
 
     def test_decimal_versions_compare_as_integers(self):
         self.assertTrue(is_as_new("10", "9"))

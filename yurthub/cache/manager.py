@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, TypeVar
 
 from twisted.internet import defer
@@ -25,7 +25,7 @@ from twisted.logger import Logger
 from twisted.web.server import Request
 
 from yurthub.cache.keys import GVR, CacheKey, InvalidKey, check_component
-from yurthub.cache.store import peek_resource_version
+from yurthub.cache.store import ListItems
 from yurthub.interfaces import IObjectStore
 from yurthub.kube.selectors import FieldSelector, LabelSelector, SelectorError, field_paths
 from yurthub.metrics import ProxyMetrics
@@ -401,74 +401,6 @@ def _walk_list(text: str, on_item: Callable[[Any, str], None], fields: dict[str,
         i = _after_value(text, i, "}")
     if _skip(text, i + 1) != len(text):
         raise ValueError("trailing data after the list")
-
-
-class ListItems(Mapping[CacheKey, tuple[str, bytes]]):
-    """A list answer's objects as `IObjectStore.replace` takes them, ``{key:
-    (resourceVersion, bytes)}``, in the order they came (grouped by namespace).
-
-    Per object it holds only the name and the bytes, plus the resourceVersion where
-    `peek_resource_version` does not read it back from the bytes; keys and pairs are
-    made as they are asked for and dropped after. Decoding a list then leaves nothing
-    per object between the names the cache goes on holding: 10,000 keys and tuples
-    allocated beside those names would keep ~5 MB of the allocator's memory in the
-    process after they were freed.
-    """
-
-    def __init__(self, component: str, gvr: GVR) -> None:
-        self.component = component
-        self.gvr = gvr
-        self._by_namespace: dict[str, dict[str, bytes]] = {}
-        self._rvs: dict[tuple[str, str], str] = {}
-        self._count = 0
-
-    def add(self, key: CacheKey, resource_version: str, data: bytes) -> None:
-        """Add (or replace) an object; ``key`` must be of this list's component and
-        resource, and is not kept."""
-        if key.component != self.component or key.gvr != self.gvr:
-            raise ValueError(f"{key} is not an object of {self.component} {self.gvr.dirname}")
-        names = self._by_namespace.get(key.namespace)
-        if names is None:
-            names = self._by_namespace[key.namespace] = {}
-        if key.name not in names:
-            self._count += 1
-        names[key.name] = data
-        if peek_resource_version(data) != resource_version:
-            self._rvs[(key.namespace, key.name)] = resource_version
-        elif self._rvs:
-            self._rvs.pop((key.namespace, key.name), None)
-
-    def _pair(self, namespace: str, name: str, data: bytes) -> tuple[str, bytes]:
-        rv = self._rvs.get((namespace, name)) if self._rvs else None
-        return (peek_resource_version(data) if rv is None else rv, data)  # type: ignore[return-value]
-
-    def __getitem__(self, key: CacheKey) -> tuple[str, bytes]:
-        names = self._by_namespace.get(key.namespace)
-        if names is None or key.component != self.component or key.gvr != self.gvr:
-            raise KeyError(key)
-        return self._pair(key.namespace, key.name, names[key.name])
-
-    def __contains__(self, key: object) -> bool:
-        if not isinstance(key, CacheKey) or key.component != self.component or key.gvr != self.gvr:
-            return False
-        names = self._by_namespace.get(key.namespace)
-        return names is not None and key.name in names
-
-    def __iter__(self) -> Iterator[CacheKey]:
-        trusted, component, gvr = CacheKey.trusted, self.component, self.gvr
-        for namespace, names in self._by_namespace.items():
-            for name in names:
-                yield trusted(component, gvr, namespace, name)
-
-    def __len__(self) -> int:
-        return self._count
-
-    def items(self) -> Iterator[tuple[CacheKey, tuple[str, bytes]]]:  # type: ignore[override]
-        """``(key, (resourceVersion, bytes))`` of every object, made one at a time."""
-        trusted, component, gvr = CacheKey.trusted, self.component, self.gvr
-        for namespace, names in self._by_namespace.items():
-            for name, data in names.items():
-                yield trusted(component, gvr, namespace, name), self._pair(namespace, name, data)
 
 
 def decode_list(
