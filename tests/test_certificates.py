@@ -361,3 +361,24 @@ class ScheduleTests(SynchronousTestCase):
         clock.advance(CHECK_INTERVAL)
         self.assertAlmostEqual(loop.interval, CHECK_INTERVAL * 0.9)
         self.assertGreater(clock.seconds(), started)
+
+
+class WatchTests(CertificateCloud):
+    async def test_a_csr_approved_later_is_taken_from_the_watch_at_once(self) -> None:
+        server = await self.cloud()
+        server.csr_auto_approve = False
+        hub = await self.hub(server)
+        names: list[str] = []
+
+        def pending() -> bool:
+            names[:] = [o["metadata"]["name"] for o in server.list("certificatesigningrequests")]
+            return bool(names)
+
+        await wait_until(pending, what="a CSR")
+        await sleep(0.3)  # yurthub is watching it now
+        watches = [r for r in server.requests if "certificatesigningrequests?watch=true" in r.path]
+        self.assertTrue(watches, [r.path for r in server.requests])
+        signed_at = time.monotonic()
+        server.sign_csr(names[0])
+        await wait_until(lambda: hub.certificates.client.valid, what="the certificate from the watch")
+        self.assertLess(time.monotonic() - signed_at, 1.0)  # not the next poll

@@ -33,12 +33,14 @@ certificate for long.
 
 from __future__ import annotations
 
+import json
 import os
 import random as _random
 from collections.abc import Callable, Sequence
 from typing import Any
 
 from twisted.internet import defer
+from twisted.internet.protocol import Protocol
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.web.client import readBody
@@ -219,7 +221,12 @@ class CertificateManager:
             raise BootstrapError("no valid certificate and no bootstrap token: set one with POST /v1/token")
         try:
             cert = await request_certificate(
-                self._requester(spec), self.reactor, csr_pem, signer_name=spec.signer_name, usages=spec.usages
+                self._requester(spec),
+                self.reactor,
+                csr_pem,
+                signer_name=spec.signer_name,
+                usages=spec.usages,
+                watch=self._watcher(spec),
             )
         except CSRDenied:
             raise
@@ -237,27 +244,62 @@ class CertificateManager:
         Decided per request: a renewal that outlives its certificate switches to the token."""
         return spec.name == "yurthub" and not (self.client is not None and self.client.valid) and self.token is not None
 
+    def _send(
+        self, spec: CertificateSpec, method: bytes, path: str, headers: dict[str, str], body: bytes | None
+    ) -> defer.Deferred[Any]:
+        """One request for ``spec`` to the first healthy backend; fires with the response."""
+        from yurthub.proxy.remote import BytesProducer
+
+        backend = self.failover.attempts(None).next()
+        if backend is None:
+            return defer.fail(ConnectionError("no healthy cloud backend"))
+        use_token = self._uses_token(spec)
+        agent = self.token_agent if use_token else self.node_agent
+        raw = Headers({k.encode(): [v.encode()] for k, v in headers.items()})
+        raw.setRawHeaders(b"user-agent", [b"yurthub/certificates"])
+        raw.setRawHeaders(b"host", [backend.host_header])
+        if use_token:
+            raw.setRawHeaders(b"authorization", [b"Bearer " + str(self.token).encode()])
+        producer = BytesProducer(body) if body is not None else None
+        return agent.request_to(backend, method, path.encode(), raw, producer)  # type: ignore[no-any-return]
+
     def _requester(self, spec: CertificateSpec) -> Callable[..., defer.Deferred[tuple[int, bytes]]]:
         @defer.inlineCallbacks
         def request(method: bytes, path: str, headers: dict[str, str], body: bytes | None):  # type: ignore[no-untyped-def]
-            from yurthub.proxy.remote import BytesProducer
-
-            backend = self.failover.attempts(None).next()
-            if backend is None:
-                raise ConnectionError("no healthy cloud backend")
-            use_token = self._uses_token(spec)
-            agent = self.token_agent if use_token else self.node_agent
-            raw = Headers({k.encode(): [v.encode()] for k, v in headers.items()})
-            raw.setRawHeaders(b"user-agent", [b"yurthub/certificates"])
-            raw.setRawHeaders(b"host", [backend.host_header])
-            if use_token:
-                raw.setRawHeaders(b"authorization", [b"Bearer " + str(self.token).encode()])
-            producer = BytesProducer(body) if body is not None else None
-            response = yield agent.request_to(backend, method, path.encode(), raw, producer)
+            response = yield self._send(spec, method, path, headers, body)
             data = yield readBody(response)
             return response.code, data
 
         return request
+
+    def _watcher(self, spec: CertificateSpec) -> Callable[[str], defer.Deferred[dict[str, Any]]]:
+        """watch(path): the object of the first event of a watch, with this spec's
+        credentials; cancelling it (the caller's window passed) drops the connection."""
+
+        def watch(path: str) -> defer.Deferred[dict[str, Any]]:
+            first = _FirstEvent()
+            requesting = self._send(spec, b"GET", path, {"Accept": "application/json"}, None)
+
+            def got(response: Any) -> defer.Deferred[dict[str, Any]]:
+                if response.code != 200:
+                    discard = _FirstEvent()
+                    discard.event.addErrback(lambda _: None)
+                    response.deliverBody(discard)
+                    raise ConnectionError(f"watch answered HTTP {response.code}")
+                response.deliverBody(first)
+                return first.event
+
+            result = requesting.addCallback(got)
+
+            def cancel(_: Any) -> None:
+                requesting.cancel()
+                first.drop()
+
+            outer: defer.Deferred[dict[str, Any]] = defer.Deferred(cancel)
+            result.chainDeferred(outer)
+            return outer
+
+        return watch
 
     # --- installing ---------------------------------------------------------------------
 
@@ -400,3 +442,42 @@ def _write_private(path: str, data: bytes) -> None:
 def _unauthorized(error: Exception) -> bool:
     text = str(error)
     return "401" in text or "403" in text or "Unauthorized" in text or "Forbidden" in text
+
+
+class _FirstEvent(Protocol):
+    """Reads a watch stream until its first whole event; ``event`` fires with its object
+    (or fails if the stream ends first), and the connection is then dropped."""
+
+    def __init__(self) -> None:
+        self.event: defer.Deferred[dict[str, Any]] = defer.Deferred()
+        self._buffer = b""
+
+    def dataReceived(self, data: bytes) -> None:  # noqa: N802
+        if self.event.called:
+            return
+        self._buffer += data
+        if b"\n" not in self._buffer:
+            if len(self._buffer) > 1 << 20:
+                self._fail(ValueError("watch event over 1 MiB"))
+            return
+        line = self._buffer.split(b"\n", 1)[0]
+        try:
+            obj = json.loads(line)["object"]
+        except (ValueError, KeyError, TypeError) as e:
+            self._fail(ValueError(f"watch event does not decode: {e}"))
+            return
+        self.event.callback(obj)
+        self.drop()
+
+    def _fail(self, error: Exception) -> None:
+        if not self.event.called:
+            self.event.errback(error)
+        self.drop()
+
+    def drop(self) -> None:
+        if self.transport is not None:
+            self.transport.stopProducing()  # type: ignore[attr-defined]
+
+    def connectionLost(self, reason: Any = None) -> None:  # noqa: N802
+        if not self.event.called:
+            self.event.errback(ConnectionError("the watch ended before an event"))
