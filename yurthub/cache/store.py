@@ -23,8 +23,9 @@ and fsync of the directory.
 A list replacement (``replace``) must leave after a crash either the old set or the new
 one, so the keys it changed are written through a journal:
 
-1. every new object is written to a temp file beside its target and fsynced, and the
-   directories holding them are fsynced;
+1. every new object is written to a temp file beside its target
+   (``.tmp-<random token of the replacement>-<index>``) and fsynced, and the directories
+   holding them are fsynced;
 2. the journal ``<dir>/_yurthub/journal/<id>.json`` (``{"renames": [[temp, target], ...],
    "deletes": [path, ...]}``, paths relative to ``<dir>``) is written atomically: temp
    file, fsync, rename, fsync of the journal directory. From here on the change is decided;
