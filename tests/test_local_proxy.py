@@ -345,3 +345,24 @@ class HostileInputTests(SynchronousTestCase):
         # Nothing new appeared in the cache under a strange name.
         for component in manager.store.components():
             self.assertIn(component, ("kubelet",))
+
+
+class ListMemoTests(SynchronousTestCase):
+    """Offline list answers are reused while the cache is unchanged, within a memory bound."""
+
+    def test_small_answers_are_reused_and_big_ones_rebuilt_not_kept(self) -> None:
+        from yurthub.proxy import local as local_module
+
+        local, _, _ = seeded()
+        first, _ = ask(local, b"GET", b"/api/v1/namespaces/default/pods")
+        assert first is not None
+        self.assertEqual(len(local._lists), 1)
+        again, _ = ask(local, b"GET", b"/api/v1/namespaces/default/pods")
+        assert again is not None
+        self.assertEqual(again.body, first.body)
+        self.patch(local_module, "MEMO_MAX_ANSWER", len(first.body) - 1)
+        local._lists.clear()
+        big, _ = ask(local, b"GET", b"/api/v1/namespaces/default/pods")
+        assert big is not None
+        self.assertEqual(big.body, first.body)  # answered the same ...
+        self.assertEqual(local._lists, {})  # ... and not kept

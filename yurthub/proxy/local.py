@@ -111,6 +111,12 @@ def _b64(data: bytes) -> bytes:
     return base64.urlsafe_b64encode(data).rstrip(b"=")
 
 
+#: Offline list answers kept for reuse while the cache is unchanged: at most this big
+#: each, and this much in all (an edge node's memory is worth more than a join).
+MEMO_MAX_ANSWER = 2 * 1024 * 1024
+MEMO_MAX_BYTES = 8 * 1024 * 1024
+
+
 class LocalProxy:
     """Answers requests from the cache; the `ProxyRoot`'s answer when the cloud is away."""
 
@@ -123,6 +129,7 @@ class LocalProxy:
         # holds: a node's components repeat the same few lists, and building one means
         # decoding every object in it.
         self._lists: dict[tuple[Any, ...], tuple[int, int, bytes]] = {}
+        self._memo_bytes = 0
 
     # --- entry point -----------------------------------------------------------------
 
@@ -218,9 +225,16 @@ class LocalProxy:
             return
         code, body = self._answer_list(request, info, table=False)
         if body is not None:
-            if len(self._lists) > 256:
+            if len(body) > MEMO_MAX_ANSWER:
+                return  # a 10,000-pod answer is rebuilt (a join) rather than kept in memory
+            if len(self._lists) > 256 or self._memo_bytes + len(body) > MEMO_MAX_BYTES:
                 self._lists.clear()
+                self._memo_bytes = 0
+            old = self._lists.get(memo_key)
+            if old is not None:
+                self._memo_bytes -= len(old[2])
             self._lists[memo_key] = (generation, code, body)
+            self._memo_bytes += len(body)
 
     def _answer_list(self, request: Request, info: RequestInfo, *, table: bool) -> tuple[int, bytes | None]:
         """Answer a list from the cache; returns the code and, for JSON answers, the body."""
