@@ -353,7 +353,7 @@ class ListMemoTests(SynchronousTestCase):
     def test_small_answers_are_reused_and_big_ones_rebuilt_not_kept(self) -> None:
         from yurthub.proxy import local as local_module
 
-        local, _, _ = seeded()
+        local, _, clock = seeded()
         first, _ = ask(local, b"GET", b"/api/v1/namespaces/default/pods")
         assert first is not None
         self.assertEqual(len(local._lists), 1)
@@ -365,4 +365,11 @@ class ListMemoTests(SynchronousTestCase):
         big, _ = ask(local, b"GET", b"/api/v1/namespaces/default/pods")
         assert big is not None
         self.assertEqual(big.body, first.body)  # answered the same ...
-        self.assertEqual(local._lists, {})  # ... and not kept
+        self.assertEqual(local._lists, {})  # ... not kept with the small ones ...
+        self.assertEqual(len(local._big), 1)  # ... but while it is asked for again
+        clock.advance(local_module.BIG_ANSWER_IDLE - 1)
+        ask(local, b"GET", b"/api/v1/namespaces/default/pods")
+        clock.advance(local_module.BIG_ANSWER_IDLE - 1)
+        self.assertEqual(len(local._big), 1)
+        clock.advance(1.5)
+        self.assertEqual(local._big, {})  # idle for BIG_ANSWER_IDLE: memory handed back

@@ -1365,10 +1365,13 @@ class ResourceVersionTests(TestCase):
             peek_resource_version(b'{"metadata":{"resourceVersion":"1"},"x":{"resourceVersion":"2"}}'),
             "1",
         )
+        # White space around the colon, as Python's json.dumps writes it by default.
+        self.assertEqual(peek_resource_version(b'{"metadata": {"resourceVersion": "7"}}'), "7")
+        self.assertEqual(peek_resource_version(b'{"metadata":{"resourceVersion" :\n"8"}}'), "8")
         for data in (
             b"",
             b'{"metadata":{"name":"a"}}',
-            b'{"metadata":{"resourceVersion": "1"}}',
+            b'{"metadata":{"resourceVersion": "1\\"2"}}',
             b'{"metadata":{"resourceVersion":"1\\"2"}}',
             '{"metadata":{"resourceVersion":"\u00e9"}}'.encode(),
             b'{"metadata":{"resourceVersion":"1',

@@ -400,6 +400,7 @@ class YurtHub(MultiService):
         if self.certificates is not None:
             self.certificates.stop()
         self.janitor.stop()
+        self.local.close()
         yield self.remote.close()
         yield self.loading
         yield self.cache.drain()

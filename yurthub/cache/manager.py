@@ -25,7 +25,7 @@ from twisted.logger import Logger
 from twisted.web.server import Request
 
 from yurthub.cache.keys import GVR, CacheKey, InvalidKey, check_component
-from yurthub.cache.store import ListItems
+from yurthub.cache.store import ListItems, peek_resource_version
 from yurthub.interfaces import IObjectStore
 from yurthub.kube.selectors import FieldSelector, LabelSelector, SelectorError, field_paths
 from yurthub.metrics import ProxyMetrics
@@ -329,14 +329,12 @@ def _decode(data: bytes) -> dict[str, Any] | None:
 
 
 def _peek_rv(data: bytes) -> str:
-    """The resourceVersion of an encoded object without decoding all of it."""
-    marker = data.find(b'"resourceVersion":"')
-    if marker == -1:
-        obj = _decode(data)
-        return str((obj or {}).get("metadata", {}).get("resourceVersion", "")) if obj else ""
-    start = marker + len(b'"resourceVersion":"')
-    end = data.find(b'"', start)
-    return data[start:end].decode("ascii", "replace")
+    """The resourceVersion of an encoded object, without decoding all of it when it can."""
+    peeked = peek_resource_version(data)
+    if peeked is not None:
+        return peeked
+    obj = _decode(data)
+    return str((obj or {}).get("metadata", {}).get("resourceVersion", "")) if obj else ""
 
 
 _LIST_HEAD_RV = re.compile(rb'"metadata"\s*:\s*\{[^{}]*?"resourceVersion"\s*:\s*"([^"]*)"')

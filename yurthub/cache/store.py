@@ -176,6 +176,7 @@ class StoreHealth:
 
 # --- the in-memory view ----------------------------------------------------------------
 
+_RV_SPACED = re.compile(rb'"resourceVersion"\s*:\s*"([^"]*)"')
 _RV_MARKER = b'"resourceVersion":"'
 
 #: What the index keeps per object: its bytes alone when `peek_resource_version` reads
@@ -187,16 +188,22 @@ _Entry = tuple[CacheKey, str, bytes]
 
 
 def peek_resource_version(data: bytes) -> str | None:
-    """The text between the first ``"resourceVersion":"`` in ``data`` and the next
-    ``"``, if it is plain ASCII without escapes; else None. Not a JSON parse: the index
-    uses it only to avoid keeping a resourceVersion that these bytes give back anyway."""
+    """The text of the first ``"resourceVersion":"..."`` in ``data`` (white space around
+    the colon allowed, as Python's and some servers' encoders write it), if it is plain
+    ASCII without escapes; else None. Not a JSON parse: the index uses it only to avoid
+    keeping a resourceVersion that these bytes give back anyway, and offline lists to find
+    their version without decoding every object."""
     start = data.find(_RV_MARKER)
-    if start == -1:
-        return None
-    start += len(_RV_MARKER)
-    end = data.find(b'"', start)
-    if end == -1:
-        return None
+    if start != -1:
+        start += len(_RV_MARKER)
+        end = data.find(b'"', start)
+        if end == -1:
+            return None
+    else:
+        spaced = _RV_SPACED.search(data)
+        if spaced is None:
+            return None
+        start, end = spaced.span(1)
     raw = data[start:end]
     if b"\\" in raw or not raw.isascii():
         return None

@@ -111,10 +111,13 @@ def _b64(data: bytes) -> bytes:
     return base64.urlsafe_b64encode(data).rstrip(b"=")
 
 
-#: Offline list answers kept for reuse while the cache is unchanged: at most this big
-#: each, and this much in all (an edge node's memory is worth more than a join).
+#: Offline list answers kept for reuse while the cache is unchanged: up to this size they
+#: stay (this much in all); bigger ones (a 10,000-pod list is 28 MB) only while they are
+#: asked for again within BIG_ANSWER_IDLE seconds, so a burst of identical big lists is
+#: served from one copy and the memory is handed back once it is over.
 MEMO_MAX_ANSWER = 2 * 1024 * 1024
 MEMO_MAX_BYTES = 8 * 1024 * 1024
+BIG_ANSWER_IDLE = 10.0
 
 
 class LocalProxy:
@@ -130,6 +133,9 @@ class LocalProxy:
         # decoding every object in it.
         self._lists: dict[tuple[Any, ...], tuple[int, int, bytes]] = {}
         self._memo_bytes = 0
+        self._big: dict[tuple[Any, ...], tuple[int, int, bytes]] = {}
+        self._big_used: dict[tuple[Any, ...], float] = {}
+        self._big_expiry: IDelayedCall | None = None
 
     # --- entry point -----------------------------------------------------------------
 
@@ -219,14 +225,17 @@ class LocalProxy:
         memo_key = (info.component, info.api_group, info.api_version, info.resource, info.namespace,
                     info.label_selector, info.field_selector)
         generation = self.cache.store.generation
-        memo = self._lists.get(memo_key)
+        memo = self._lists.get(memo_key) or self._big.get(memo_key)
         if memo is not None and memo[0] == generation:
+            if memo_key in self._big_used:
+                self._big_used[memo_key] = self._clock.seconds()
             _json_answer(request, memo[1], memo[2])
             return
         code, body = self._answer_list(request, info, table=False)
         if body is not None:
             if len(body) > MEMO_MAX_ANSWER:
-                return  # a 10,000-pod answer is rebuilt (a join) rather than kept in memory
+                self._keep_big(memo_key, (generation, code, body))
+                return
             if len(self._lists) > 256 or self._memo_bytes + len(body) > MEMO_MAX_BYTES:
                 self._lists.clear()
                 self._memo_bytes = 0
@@ -235,6 +244,33 @@ class LocalProxy:
                 self._memo_bytes -= len(old[2])
             self._lists[memo_key] = (generation, code, body)
             self._memo_bytes += len(body)
+
+    def _keep_big(self, key: tuple[Any, ...], memo: tuple[int, int, bytes]) -> None:
+        self._big[key] = memo
+        self._big_used[key] = self._clock.seconds()
+        if self._big_expiry is None:
+            self._big_expiry = self._clock.callLater(BIG_ANSWER_IDLE, self._expire_big)
+
+    def _expire_big(self) -> None:
+        """Drop big answers not asked for within BIG_ANSWER_IDLE seconds."""
+        self._big_expiry = None
+        now = self._clock.seconds()
+        for key, used in list(self._big_used.items()):
+            if now - used >= BIG_ANSWER_IDLE:
+                del self._big_used[key]
+                del self._big[key]
+        if self._big:
+            wait = BIG_ANSWER_IDLE - (now - min(self._big_used.values()))
+            self._big_expiry = self._clock.callLater(max(wait, 0.1), self._expire_big)
+
+    def close(self) -> None:
+        """Forget every kept answer and stop the expiry timer (at shutdown)."""
+        if self._big_expiry is not None and self._big_expiry.active():
+            self._big_expiry.cancel()
+        self._big_expiry = None
+        self._big.clear()
+        self._big_used.clear()
+        self._lists.clear()
 
     def _answer_list(self, request: Request, info: RequestInfo, *, table: bool) -> tuple[int, bytes | None]:
         """Answer a list from the cache; returns the code and, for JSON answers, the body."""
