@@ -6,7 +6,10 @@ import gc
 import json
 import sys
 import tracemalloc
+from typing import Any
 
+from hypothesis import given
+from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.http_headers import Headers
 from twisted.web.server import Request
@@ -236,3 +239,46 @@ class ListItemsTests(SynchronousTestCase):
         # itself, or keys and tuples per object, would be far more.
         self.assertLess(held - data, 150 * count)
         self.assertLess(held - data, size // 2)  # the answer itself would be all of size
+
+
+class WatchEventCutTests(SynchronousTestCase):
+    """A watch event's object bytes are stored as they came when they can be cut out
+    safely; anything else is decoded whole."""
+
+    def test_the_object_of_a_canonical_event_is_cut_out(self) -> None:
+        from yurthub.cache.manager import _event_of
+
+        obj = {"kind": "Pod", "metadata": {"name": "a", "resourceVersion": "5"}, "spec": {"x": "},\"object\":"}}
+        line = json.dumps({"type": "MODIFIED", "object": obj}, separators=(",", ":")).encode()
+        event, data = _event_of(line)
+        self.assertEqual(event, {"type": "MODIFIED", "object": obj})
+        self.assertEqual(data, json.dumps(obj, separators=(",", ":")).encode())
+
+    def test_other_shapes_are_decoded_whole(self) -> None:
+        from yurthub.cache.manager import _event_of
+
+        obj = {"metadata": {"name": "a"}}
+        for line in (
+            json.dumps({"type": "ADDED", "object": obj}).encode(),  # spaces
+            b'{"type":"ADDED","object":{"metadata":{"name":"a"}},"extra":{"b":1}}',  # a key after the object
+            b'{"object":{"metadata":{"name":"a"}},"type":"ADDED"}',  # object first
+        ):
+            event, data = _event_of(line)
+            self.assertEqual(event["object"], obj, line)
+            self.assertIsNone(data, line)
+        self.assertRaises(ValueError, _event_of, b'{"type":"ADDED","object":{"metadata"')
+        self.assertRaises(ValueError, _event_of, b"[1,2]")
+
+    @given(st.dictionaries(st.text(max_size=8), st.one_of(st.text(max_size=12), st.integers()), max_size=5))
+    def test_a_cut_object_is_always_the_decoded_one(self, extra: dict[str, Any]) -> None:
+        from yurthub.cache.manager import _event_of
+
+        obj = {"metadata": {"name": "a"}, **extra}
+        for line in (
+            json.dumps({"type": "MODIFIED", "object": obj}, separators=(",", ":")).encode(),
+            json.dumps({"type": "MODIFIED", "object": obj, "z": extra}, separators=(",", ":")).encode(),
+        ):
+            event, data = _event_of(line)
+            self.assertEqual(event["object"], obj)
+            if data is not None:
+                self.assertEqual(json.loads(data), obj)

@@ -229,14 +229,14 @@ class CacheManager:
             self._list_versions.clear()
         self._list_versions[self._list_id(info)] = list_rv
 
-    def apply_event(self, info: RequestInfo, event: dict[str, Any]) -> None:
-        """Apply one watch event in order."""
+    def apply_event(self, info: RequestInfo, event: dict[str, Any], data: bytes | None = None) -> None:
+        """Apply one watch event in order (``data``: the object's bytes, when known)."""
         kind = event.get("type")
         obj = event.get("object")
         if not isinstance(obj, dict):
             return
         if kind in ("ADDED", "MODIFIED"):
-            self.apply_object(info, obj)
+            self.apply_object(info, obj, data)
         elif kind == "BOOKMARK":
             rv = str((obj.get("metadata") or {}).get("resourceVersion", ""))
             self.bookmarks[(info.component, gvr_of(info), info.namespace)] = rv
@@ -567,11 +567,34 @@ class WatchTee(ResponseTee):
             if not line.strip():
                 continue
             try:
-                event = json.loads(line)
-                self.manager.apply_event(self.info, event)
+                event, raw = _event_of(line)
+                self.manager.apply_event(self.info, event, raw)
             except (ValueError, InvalidKey) as e:
                 self.manager.count_error("decode")
                 _log.info("watch event not cached: {err}", err=str(e))
+
+
+def _event_of(line: bytes) -> tuple[dict[str, Any], bytes | None]:
+    """A watch event line decoded, with its object's bytes when they can be cut out.
+
+    kube-apiserver writes ``{"type":"MODIFIED","object":{...}}``: the object's own bytes
+    are then stored as they came, which spares encoding every object again (a third of the
+    relay's CPU). The cut is trusted only if it decodes as one JSON object by itself;
+    anything else is decoded whole and the object encoded anew."""
+    line = line.strip()
+    cut = line.find(b',"object":', 0, 40)
+    if line.startswith(b'{"type":"') and cut != -1 and line.endswith(b"}") and line[cut - 1 : cut] == b'"':
+        data = line[cut + 10 : -1]
+        try:
+            obj = json.loads(data)
+        except ValueError:
+            obj = None
+        if isinstance(obj, dict):
+            return {"type": line[9 : cut - 1].decode("ascii", "replace"), "object": obj}, data
+    event = json.loads(line)
+    if not isinstance(event, dict):
+        raise ValueError("a watch event is not a JSON object")
+    return event, None
 
 
 class DocumentTee(WholeTee):
