@@ -1,10 +1,12 @@
 """The results of a flow-control run: the verdicts, the printed tables and the JSON document.
 
-Limiter overhead: the median round of each setting (by requests per second, as every
-benchmark here) and the median CPU time per request of each; the overhead is
-``1 - on / off`` of requests per second and ``1 - off / on`` of CPU microseconds per
-request (both: the fraction of throughput the limiter costs). The verdict, <= 3 %, uses
-the CPU figure. Slow upstream: the verdict needs exactly ``limit`` requests held by the
+Limiter overhead: each round starts a fresh pair of yurthubs (on and off) and measures
+both, in alternating order; a round's overhead is ``1 - on / off`` of requests per second
+and ``1 - off / on`` of CPU microseconds per request (both: the fraction of throughput the
+limiter costs). The verdict, <= 3 %, uses the median over the rounds of the paired CPU
+figure: two yurthub processes with the same settings differ by up to ~10 % between them
+(placement, hash seed), which the pairing cancels and a comparison of each setting's own
+median does not. Those per-setting medians are reported too. Slow upstream: the verdict needs exactly ``limit`` requests held by the
 upstream at once, ``limit`` answers 200, ``burst - limit`` answers 429 each with
 ``Retry-After`` and a ``TooManyRequests`` Status, nothing else and nothing hung. A
 verdict never changes the exit status.
@@ -44,10 +46,6 @@ def overhead_summary(overhead: dict[str, Any]) -> dict[str, Any]:
     by_rps = 1 - rps_on / rps_off if rps_off else 0.0
     by_cpu = 1 - cpu_off / cpu_on if cpu_on else 0.0
     errors = sum(row.result.error_count for measured in overhead["rounds"] for row in measured)
-    if errors:
-        outcome, why = "FAIL", f"{errors} wrk errors"
-    else:
-        outcome, why = ("PASS", "") if by_cpu <= OVERHEAD_TARGET else ("FAIL", "above target")
     pairs = []
     for measured, order in zip(overhead["rounds"], overhead["orders"], strict=True):
         r = {row.target.key: row for row in measured}
@@ -61,13 +59,21 @@ def overhead_summary(overhead: dict[str, Any]) -> dict[str, Any]:
             "overhead_by_cpu_per_request": round(
                 1 - b.server_us_per_request / a.server_us_per_request, 4),
         })  # fmt: skip
+    paired_rps = statistics.median(p["overhead_by_requests_per_second"] for p in pairs)
+    paired_cpu = statistics.median(p["overhead_by_cpu_per_request"] for p in pairs)
+    if errors:
+        outcome, why = "FAIL", f"{errors} wrk errors"
+    else:
+        outcome, why = ("PASS", "") if paired_cpu <= OVERHEAD_TARGET else ("FAIL", "above target")
     return {
         "requests_per_second": {"on": round(rps_on, 1), "off": round(rps_off, 1)},
         "cpu_us_per_request": {"on": round(cpu_on, 1), "off": round(cpu_off, 1)},
-        "overhead_by_requests_per_second": round(by_rps, 4),
-        "overhead_by_cpu_per_request": round(by_cpu, 4),
+        "overhead_of_setting_medians_by_requests_per_second": round(by_rps, 4),
+        "overhead_of_setting_medians_by_cpu_per_request": round(by_cpu, 4),
+        "overhead_by_requests_per_second": round(paired_rps, 4),
+        "overhead_by_cpu_per_request": round(paired_cpu, 4),
         "target": OVERHEAD_TARGET,
-        "verdict_uses": "overhead_by_cpu_per_request",
+        "verdict_uses": "overhead_by_cpu_per_request (median of the paired rounds)",
         "verdict": outcome,
         "reason": why,
         "rounds": pairs,
@@ -265,8 +271,14 @@ def print_report(report: dict[str, Any], rows: Sequence[Row], emit: Callable[[st
         f"target <= {100 * o['target']:g} %: {o['verdict']}{reason}"
     )
     emit(
-        "  the verdict uses the CPU-per-request figure (1 - off/on of us/req): other load on "
-        "a shared VM moves req/s far more between runs than CPU per request"
+        "  the verdict uses the median over the rounds of each round's paired CPU-per-request "
+        "overhead (1 - off/on of us/req): fresh processes of the same settings differ by up to "
+        "~10 %, which the pairing cancels; other load moves req/s more than CPU per request"
+    )
+    emit(
+        f"  the settings' own medians compared instead: "
+        f"{100 * o['overhead_of_setting_medians_by_requests_per_second']:.1f} % by req/s, "
+        f"{100 * o['overhead_of_setting_medians_by_cpu_per_request']:.1f} % by CPU per request"
     )
     code = part1["limiter_code_us_per_request"]
     if "error" in code:

@@ -97,11 +97,6 @@ class ProxyMetrics:
             registry=r,
         )
 
-        self.flow_in_flight = Gauge(
-            "yurthub_flow_in_flight_requests",
-            "Requests holding a slot under flowControl.maxRequestsInFlight.",
-            registry=r,
-        )
         self._flow_rejected = Counter(
             "yurthub_flow_rejected_requests",
             "Requests answered 429 because maxRequestsInFlight were in flight, by component.",
@@ -167,6 +162,21 @@ class ProxyMetrics:
     def render(self) -> bytes:
         """The text exposition format of every metric."""
         return generate_latest(self.registry)
+
+
+class InFlightCollector:
+    """Exports the flow-control limiter's count, read at each scrape (a gauge updated on
+    every request would cost two locked updates per request)."""
+
+    def __init__(self, in_flight: Callable[[], int]) -> None:
+        self._in_flight = in_flight
+
+    def collect(self) -> Iterator[Any]:
+        yield GaugeMetricFamily(
+            "yurthub_flow_in_flight_requests",
+            "Requests holding a slot under flowControl.maxRequestsInFlight.",
+            value=self._in_flight(),
+        )
 
 
 class StoreHealthCollector:

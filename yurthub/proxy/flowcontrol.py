@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from twisted.web.server import Request
 
-from yurthub.metrics import ProxyMetrics
+from yurthub.metrics import InFlightCollector, ProxyMetrics
 from yurthub.proxy.status import write_status
 from yurthub.requestinfo import RequestInfo
 
@@ -59,8 +59,7 @@ class InFlightLimiter:
         self.exempt_long_running = exempt_long_running
         self.in_flight = 0
         self._metrics = metrics
-        self._gauge = metrics.flow_in_flight
-        self._gauge.set(0)
+        metrics.registry.register(InFlightCollector(lambda: self.in_flight))
 
     def admit(self, info: RequestInfo) -> Slot | None:
         """A slot for this request, or None when it must be turned away."""
@@ -70,12 +69,10 @@ class InFlightLimiter:
             self._metrics.flow_rejected(info.component)
             return None
         self.in_flight += 1
-        self._gauge.inc()
         return Slot(self)
 
     def _released(self) -> None:
         self.in_flight -= 1
-        self._gauge.dec()
 
     def reject(self, request: Request) -> bytes:
         """The 429 answer (headers set; the body is returned for ``render`` to write)."""
