@@ -154,6 +154,7 @@ def _start_hub(run: Run, name: str, upstream_port: int, limit: int) -> Hub:
         node_name=cloud_process.NODE,
         config_text=_limiter_config(limit),
         name=name,
+        same_each_time=True,  # on and off differ in the limit only
     )
     hub = Hub(child, proxy_port, hub_port)
     wait_for_status(child, hub.hub_url + "/v1/readyz", timeout=YURTHUB_TIMEOUT)

@@ -80,10 +80,14 @@ class Run:
         node_name: str = "bench",
         config_text: str = "",
         name: str = "yurthub",
+        same_each_time: bool = False,
     ) -> Child:
         """``twistd --nodaemon yurthub`` against ``http://127.0.0.1:<upstream_port>`` with a
         config file of our own (so a node's /etc/yurthub/yurthub.yaml is never read), its
-        cache in ``<temp>/<name>-cache``, log level warn."""
+        cache in ``<temp>/<name>-cache``, log level warn. With ``same_each_time`` every such
+        process gets the same hash seed and runs on the same CPU (the last one, via
+        ``taskset`` when there is one), so processes compared with each other differ in
+        their settings only, not in where they run or how their dicts are laid out."""
         config = self.temp / f"{name}.yaml"
         config.write_text(f"nodeName: {node_name}\n{config_text}")
         argv = [
@@ -101,6 +105,11 @@ class Run:
             "--log-level", "warn",
         ]  # fmt: skip
         env = dict(os.environ, PYTHONUNBUFFERED="1")
+        if same_each_time:
+            env["PYTHONHASHSEED"] = "0"
+            taskset = shutil.which("taskset")
+            if taskset is not None:
+                argv = [taskset, "-c", str((os.cpu_count() or 1) - 1), *argv]
         return self.start(Child(name, argv, self.temp / f"{name}.out", cwd=self.temp, env=env))
 
     def cache_dir(self, name: str = "yurthub") -> Path:
