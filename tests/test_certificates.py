@@ -21,7 +21,7 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web.client import Agent, HTTPConnectionPool, readBody
 from twisted.web.http_headers import Headers
 
-from tests.support import fetch, sleep, start_hub
+from tests.support import fetch, raw_connect, sleep, start_hub
 from yurthub.certificates.bootstrap import ca_pin
 from yurthub.certificates.csr import build_csr, new_private_key
 from yurthub.certificates.pki import CertificateStore, Credential
@@ -156,10 +156,20 @@ class BootstrapTests(CertificateCloud):
 
 class RotationTests(CertificateCloud):
     async def test_ten_second_certificates_rotate_twice_under_a_loop_of_gets_without_a_failure(self) -> None:
+        from yurthub.service import YurtHub
+
+        self.patch(YurtHub, "stream_refresh_seconds", 1.0)
         server = await self.cloud(lifetime=10)
         hub = await self.hub(server)
         await wait_until(lambda: hub.certificates.client.valid, what="the first certificate")
         first = hub.certificates.client.credential
+        # A watch opened on the first certificate's connection ends after the rotation.
+        watch = await raw_connect(self, hub.port_of("listen.proxy"))
+        watch.transport.write(  # type: ignore[union-attr]
+            f"GET {PODS}?watch=true HTTP/1.1\r\nHost: hub\r\nUser-Agent: kubelet/v1.31.0\r\n"
+            "Connection: close\r\n\r\n".encode()
+        )
+        await watch.wait_for(lambda r: b"\r\n\r\n" in r)
         pool = HTTPConnectionPool(reactor, persistent=True)
         self.addCleanup(pool.closeCachedConnections)
         agent = Agent(reactor, pool=pool)
@@ -178,6 +188,8 @@ class RotationTests(CertificateCloud):
             await sleep(0.01)
         self.assertGreaterEqual(hub.certificates.client.rotations, 2)
         self.assertEqual(failures, [])
+        await watch.closed.addTimeout(5, reactor)
+        self.assertTrue(watch.received.endswith(b"0\r\n\r\n"))  # ended cleanly: it re-watches
         self.assertNotEqual(hub.certificates.client.credential.cert_pem, first.cert_pem)
         self.assertEqual({u for u in self.users(server)}, {"system:node:edge-1"})
 

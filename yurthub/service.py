@@ -187,6 +187,10 @@ def _interface_ips(description: str) -> tuple[str, ...]:
 class YurtHub(MultiService):
     """One yurthub: proxy listeners, hub listener, remote proxy and health checker."""
 
+    #: After a new client certificate, open watches end within this many seconds (each at
+    #: a random moment), so no connection keeps presenting the old certificate for long.
+    stream_refresh_seconds = 60.0
+
     def __init__(
         self,
         config: Config,
@@ -344,7 +348,7 @@ class YurtHub(MultiService):
         are closed, open streams end within a minute (each at a random moment)."""
         for pool in (*self.remote.pools, self.health.pool):
             pool.closeCachedConnections()
-        self.remote.end_streams_within(60.0)
+        self.remote.end_streams_within(self.stream_refresh_seconds)
 
     def startService(self) -> None:  # noqa: N802
         for warning in describe(self.config):
