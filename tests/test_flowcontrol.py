@@ -417,3 +417,20 @@ class ConnectionLimitTests(TestCase):
         # A node's components reconnecting at once must not wait on SYN retransmits.
         await self.start()
         self.assertEqual(self.hub.listeners["listen.proxy"].port.backlog, 1024)
+
+
+class ExceptionPathTests(TestCase):
+    async def test_an_exception_in_yurthub_answers_500_and_gives_the_slot_back(self) -> None:
+        port = await listen_site(self, Quick())
+        hub = await start_hub(self, [f"http://127.0.0.1:{port}"], flowControl={"maxRequestsInFlight": 1})
+
+        def broken(*args: Any) -> None:
+            raise RuntimeError("a bug")
+
+        hub.remote.handle = broken
+        base = f"http://127.0.0.1:{hub.port_of('listen.proxy')}/api/v1/pods"
+        for _ in range(3):  # with a limit of 1, a leaked slot would turn the next into 429
+            code, _, body = await fetch(self, b"GET", base, {b"user-agent": [KUBELET]})
+            self.assertEqual((code, json.loads(body)["reason"]), (500, "InternalError"))
+        self.assertEqual(hub.limiter.in_flight, 0)
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 3)
