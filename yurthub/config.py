@@ -457,6 +457,18 @@ def _check_consistency(config: Config, source: str) -> None:
         raise ConfigError(source, "cache.dir", "must not be empty")
 
 
+def check_value(key: str, value: object, source: str = "<request>") -> Any:
+    """Check ``value`` as the file's dotted ``key`` (``servers``,
+    ``certificates.bootstrapToken``) is checked; the normalised value, or `ConfigError`
+    naming ``key``. For input that does not come from the file (``PUT /v1/cluster``)."""
+    section, _, name = key.rpartition(".")
+    checker = _SECTIONS[section][1][name] if section else _TOP_LEVEL[name]
+    try:
+        return checker(value)
+    except _Bad as e:
+        raise ConfigError(source, key, str(e)) from None
+
+
 def set_key(document: dict[str, Any], dotted_key: str, value: object) -> None:
     """Set ``a.b`` in a decoded YAML document, creating the section if needed."""
     *sections, last = dotted_key.split(".")
