@@ -256,8 +256,13 @@ class RemoteProxy:
         self._token_agent = self._make_agent(token_endpoints, max_persistent_per_host, idle_timeout)
         self.bytes_down = metrics.bytes_proxied.labels("down")
         self.bytes_up = metrics.bytes_proxied.labels("up")
+        self._sent: dict[Backend, Any] = {}
         #: The exchanges open on each backend (waiting for headers or relaying a body).
         self.open: dict[Backend, set[_Exchange]] = {b: set() for b in failover.backends}
+        #: Exchanges still open on backends of a cluster the node moved away from.
+        self._retired: set[_Exchange] = set()
+        #: The backends of clusters the node moved away from.
+        self.retired_backends: set[Backend] = set()
 
     def _make_agent(self, endpoints: BackendEndpointFactory, per_host: int, idle: float) -> BackendAgent:
         pool = make_pool(self.reactor, per_host, idle)  # retries are ours: we know which backend is next
@@ -328,7 +333,41 @@ class RemoteProxy:
                 if exchange.info.is_watch:
                     exchange.schedule_move(self.return_grace * (1 + 0.5 * self._random()))
 
+    def replace_backends(self, backends: list[Backend]) -> None:
+        """The node moved to another cluster: from now on exchanges are tracked on
+        ``backends``, and every exchange open on the old ones leaves them. A read still
+        waiting for response headers is sent again to the new backends; a watch being
+        relayed ends cleanly, so its client re-watches there; a write already sent, and
+        any other body being relayed, is answered by the old backend to its end. Idle
+        pooled connections are closed now, and again once the last exchange on the old
+        backends has ended, so no connection to the old cluster stays."""
+        old = self.open
+        self.open = {b: set() for b in backends}
+        self.retired_backends.update(b for b in old if b not in self.open)
+        for exchanges in old.values():
+            self._retired.update(exchanges)
+        for exchange in list(self._retired):
+            exchange.cluster_left()
+        self._close_idle()
+
+    def retired_left(self, exchange: _Exchange) -> None:
+        """An exchange on a backend of the old cluster ended."""
+        self._retired.discard(exchange)
+        if not self._retired:
+            # After this reactor turn: the connection goes back to its pool first.
+            self.reactor.callLater(0, self._close_idle)  # type: ignore[attr-defined]
+
+    def _close_idle(self) -> None:
+        for pool in self.pools:
+            pool.closeCachedConnections()
+
     # used by _Exchange
+    def count_request(self, backend: Backend) -> None:
+        counter = self._sent.get(backend)
+        if counter is None:  # labels() costs a lock and a lookup: once per backend
+            counter = self._sent[backend] = self.metrics.backend_requests.labels(backend.url)
+        counter.inc()
+
     def agent_for(self, request: Request) -> BackendAgent:
         return self._token_agent if has_bearer_token(request.requestHeaders) else self._node_agent
 
@@ -430,7 +469,7 @@ class _Exchange:
         producer = BytesProducer(self.body) if self.body is not None else None
         if producer is not None:
             self.proxy.bytes_up.inc(producer.length)
-        self.proxy.metrics.backend_requests.labels(backend.url).inc()
+        self.proxy.count_request(backend)
         started = self.proxy.reactor.seconds()
         # Setting Host ourselves also spares the Agent a copy of the headers.
         self.headers.setRawHeaders(b"host", [backend.host_header])
@@ -566,14 +605,46 @@ class _Exchange:
             self._move.cancel()
         self._move = None
 
+    def cluster_left(self) -> None:
+        """The node moved to another cluster while this exchange was open on the old one
+        (see `RemoteProxy.replace_backends`)."""
+        if self.client_gone:
+            self._leave()
+            return
+        if self.pending is not None:
+            if self.info.verb not in _IDEMPOTENT:
+                return  # already sent: the old cluster answers it
+            pending, self.pending = self.pending, None
+            self._seq += 1
+            pending.cancel()
+            self._leave()
+            self.attempts = self.proxy.failover.attempts(self.info)
+            following = self.attempts.next()
+            if following is None:
+                self.on_unavailable(self.request, self.info, "no healthy cloud backend")
+                return
+            self.attempt(following)
+        elif self.relay is not None and self.info.is_watch:
+            self.cancel_move()
+            self.proxy.metrics.streams_moved.labels("migrated").inc()
+            self.relay.cut(cleanly=True)
+            self._leave()
+
     def _join(self, backend: Backend) -> None:
         self._leave()
         self.backend = backend
-        self.proxy.open.setdefault(backend, set()).add(self)
+        if backend in self.proxy.retired_backends:  # an old attempt order, after a migration
+            self.proxy._retired.add(self)
+        else:
+            self.proxy.open.setdefault(backend, set()).add(self)
 
     def _leave(self) -> None:
         if self.backend is not None:
-            self.proxy.open.get(self.backend, set()).discard(self)
+            open_there = self.proxy.open.get(self.backend)
+            if open_there is not None:
+                open_there.discard(self)
+            else:
+                self.proxy.retired_left(self)
             self.backend = None
 
     def _ended(self, _: object) -> None:
