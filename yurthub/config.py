@@ -129,9 +129,19 @@ class CertificatesConfig:
 
 @dataclass(frozen=True)
 class TenantConfig:
-    """Tenant isolation: a non-empty list limits what the node sees to these namespaces."""
+    """Tenant isolation: a non-empty list limits what the node sees to these namespaces.
+
+    ``cluster_resources`` names the cluster-scoped resources (``group/resource``, or
+    ``resource`` for the core group) a tenant node still sees, besides its own Node and
+    the tenant's Namespaces."""
 
     namespaces: tuple[str, ...] = ()
+    cluster_resources: tuple[str, ...] = (
+        "authentication.k8s.io/tokenreviews",
+        "authorization.k8s.io/subjectaccessreviews",
+        "node.k8s.io/runtimeclasses",
+        "storage.k8s.io/csidrivers",
+    )
 
 
 @dataclass(frozen=True)
@@ -317,6 +327,16 @@ def _namespace(value: object) -> str:
     return text
 
 
+def _cluster_resource(value: object) -> str:
+    text = _string(value)
+    group, _, resource = text.rpartition("/")
+    if not resource or not _DNS_LABEL.match(resource) or (group and not _DNS_SUBDOMAIN.match(group)):
+        raise _Bad(f"must be group/resource (or resource for the core group), e.g. storage.k8s.io/csidrivers, got {text!r}")
+    if not group and resource in ("nodes", "namespaces"):
+        raise _Bad(f"{resource} are shown by tenant rules (own Node, tenant Namespaces), not the allowlist")
+    return text
+
+
 def _agent(value: object) -> str:
     text = _string(value).strip().lower()
     if not text or "/" in text:
@@ -372,7 +392,7 @@ _SECTIONS: dict[str, tuple[type, dict[str, Callable[[object], Any]]]] = {
             "kubeletCertFile": _string,
         },
     ),
-    "tenant": (TenantConfig, {"namespaces": _list_of(_namespace)}),
+    "tenant": (TenantConfig, {"namespaces": _list_of(_namespace), "clusterResources": _list_of(_cluster_resource)}),
     "logging": (
         LoggingConfig,
         {"level": _one_of("debug", "info", "warn", "error"), "format": _one_of("text", "json")},
