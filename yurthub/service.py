@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+from collections.abc import Sequence
 from typing import Any
 
 from twisted.application.service import MultiService, Service
@@ -32,9 +33,12 @@ from yurthub.cache.manager import CacheManager
 from yurthub.cache.store import FilesystemObjectStore
 from yurthub.certificates.manager import CertificateManager, CertificateReady
 from yurthub.config import Config, describe
+from yurthub.filters.nodepools import NodeListRefresher, NodePools
+from yurthub.filters.setup import make_filter_chain, make_tenant_guard, needs_node_pools
 from yurthub.hub import BackendsReachable, Flag, StoreHealthy, make_hub_root
 from yurthub.interfaces import ICredentialSource, IObjectStore
 from yurthub.metrics import ProxyMetrics, StoreHealthCollector
+from yurthub.migration import ClusterMigration
 from yurthub.proxy.channel import ChannelLimits, ConnectionCap, OpenConnections
 from yurthub.proxy.flowcontrol import InFlightLimiter
 from yurthub.proxy.local import LocalProxy
@@ -252,6 +256,16 @@ class YurtHub(MultiService):
         self.root = ProxyRoot(
             self.remote, self.upgrades, self.metrics, unavailable=self.local.answer, limiter=self.limiter
         )
+        # Response filters and tenant isolation (yurthub/filters/).
+        self.node_pools = NodePools(self.cache, config.node_name)
+        self.filters = make_filter_chain(config, self.cache, self.node_pools)
+        self.remote.filters = self.local.filters = self.filters
+        self.root.guard = make_tenant_guard(config, reactor, self.failover, self.remote.node_agent)
+        self.pool_refresher = (
+            NodeListRefresher(reactor, self.cache, self.failover, self.remote.node_agent)
+            if needs_node_pools(config)
+            else None
+        )
         self.listening = Flag("listeners", "proxy listener not bound yet")
         self.cache_loaded = Flag("cache-loaded", "the cache is being read from disk")
         self.checks = [
@@ -314,8 +328,13 @@ class YurtHub(MultiService):
                 run_in_thread=lambda f, *args: threads.deferToThread(f, *args),
             )
             self.checks.append(CertificateReady(self.certificates))
+        self.migration: ClusterMigration | None = None
+        if self.certificates is not None and certs.mode == "token":
+            self.migration = ClusterMigration(self)
+            self.checks.append(self.migration.check)
+        self.hub_root = make_hub_root(self.metrics, self.checks, self.certificates, self.migration)
         if listen.hub:
-            hub_site = make_site(make_hub_root(self.metrics, self.checks, self.certificates))
+            hub_site = make_site(self.hub_root)
             self.sites.append(hub_site)
             self._listen("listen.hub", listen.hub, hub_site)
 
@@ -338,6 +357,33 @@ class YurtHub(MultiService):
             if self.certificates is not None:
                 self.certificates.cloud_is_back()
             self._collect_pods()
+
+    def replace_backends(self, servers: Sequence[str]) -> None:
+        """Use these cloud servers from now on (a cluster migration): new requests, health
+        probes and readiness follow them; exchanges open on the old ones leave
+        (`RemoteProxy.replace_backends`)."""
+        old, self.backends = self.backends, [Backend(url, on_change=self._backend_changed) for url in servers]
+        for backend in old:
+            backend.retire()
+        self.failover.replace(self.backends)
+        self.health.replace(self.backends)
+        self.remote.replace_backends(self.backends)
+        for check in self.checks:
+            if isinstance(check, BackendsReachable):
+                check.use(self.backends)
+
+    def replace_certificates(self, manager: CertificateManager) -> None:
+        """The certificate manager from now on (a cluster migration)."""
+        self.certificates = manager
+        for check in self.checks:
+            if isinstance(check, CertificateReady):
+                check.manager = manager
+        token_page: Any = self.hub_root.getStaticEntity(b"v1").getStaticEntity(b"token")  # type: ignore[attr-defined]
+        token_page.certificates = manager
+
+    def client_certificate_rotated(self) -> None:
+        """What a new client certificate needs (see `_client_certificate_rotated`)."""
+        self._client_certificate_rotated()
 
     def _collect_pods(self) -> None:
         if self.cache_loaded.ok and not self.janitor.pods_collected and not self._stopped:
@@ -382,6 +428,8 @@ class YurtHub(MultiService):
         if not self._wanted:  # stopped while loading
             return
         self.janitor.start()
+        if self.pool_refresher is not None:
+            self.pool_refresher.start()
         self.reactor.callLater(0, self._collect_pods)
         super().startService()
         proxy = self.listeners.get("listen.proxy") or self.listeners.get("listen.secureProxy")
@@ -404,6 +452,8 @@ class YurtHub(MultiService):
         if self.certificates is not None:
             self.certificates.stop()
         self.janitor.stop()
+        if self.pool_refresher is not None:
+            self.pool_refresher.stop()
         self.local.close()
         yield self.remote.close()
         yield self.loading

@@ -35,6 +35,7 @@ from twisted.web.server import Request
 
 from yurthub.cache.keys import CacheKey, InvalidKey
 from yurthub.cache.manager import CachedObject, CacheManager, discovery_document_name, gvr_of
+from yurthub.filters.chain import FilterChain
 from yurthub.kube.patch import PatchError, json_patch, merge_patch, strategic_merge_patch
 from yurthub.kube.selectors import FieldSelector, LabelSelector, SelectorError, field_paths
 from yurthub.kube.tables import build_table
@@ -136,6 +137,10 @@ class LocalProxy:
         self._big: dict[tuple[Any, ...], tuple[int, int, bytes]] = {}
         self._big_used: dict[tuple[Any, ...], float] = {}
         self._big_expiry: IDelayedCall | None = None
+        #: The response filters, applied to cached answers as to live ones (the cache
+        #: holds what each component was given; the filters run again since what they
+        #: depend on, such as the node's pool, may have changed since).
+        self.filters: FilterChain | None = None
 
     # --- entry point -----------------------------------------------------------------
 
@@ -210,13 +215,19 @@ class LocalProxy:
 
     def _get(self, request: Request, info: RequestInfo) -> None:
         found = self._find(info)
+        stage = self.filters.for_request(info) if self.filters is not None else None
+        obj = None
+        if found is not None and stage is not None:
+            obj = stage.object(found.obj, info, fresh=False)
+            if obj is None:
+                found = None
         if found is None:
             self._not_found(request, info)
             return
         if _wants_table(request):
-            _json_answer(request, 200, _encode(self._table(request, info, [found.obj])))
+            _json_answer(request, 200, _encode(self._table(request, info, [obj if obj is not None else found.obj])))
             return
-        _json_answer(request, 200, found.data)
+        _json_answer(request, 200, found.data if obj is None else _encode(obj))
 
     def _list(self, request: Request, info: RequestInfo) -> None:
         if _wants_table(request):
@@ -275,6 +286,13 @@ class LocalProxy:
     def _answer_list(self, request: Request, info: RequestInfo, *, table: bool) -> tuple[int, bytes | None]:
         """Answer a list from the cache; returns the code and, for JSON answers, the body."""
         everything = self.cache.objects(info, info.namespace or None)
+        stage = self.filters.for_request(info) if self.filters is not None else None
+        if stage is not None:
+            everything = [
+                CachedObject(o.key, _encode(kept))
+                for o in everything
+                if (kept := stage.object(o.obj, info, fresh=False)) is not None
+            ]
         labels = LabelSelector.parse(info.label_selector or None)
         fields = FieldSelector.parse(info.field_selector or None, field_paths(info.api_group, info.resource))
         if labels.empty and fields.empty:

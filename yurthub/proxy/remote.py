@@ -39,6 +39,7 @@ from twisted.web.server import Request
 from zope.interface import implementer
 
 from yurthub.cache.manager import CacheManager, ResponseTee
+from yurthub.filters.chain import FilterChain, FilterError, RequestFilters
 from yurthub.interfaces import IAttempts, IFailoverFactory
 from yurthub.metrics import ProxyMetrics
 from yurthub.proxy.headers import has_bearer_token, request_target, strip_hop_by_hop
@@ -51,6 +52,12 @@ _log = Logger()
 
 #: Request headers replaced on the way up: the Agent writes Host and Content-Length itself.
 _DROP_UP = frozenset({b"host", b"content-length"})
+
+#: Largest answer (or watch event) read whole to be filtered; a larger one is cut.
+MAX_FILTERED_BODY = 64 * 1024 * 1024
+
+#: Media types a filtered request may be answered in (filters read JSON only).
+_JSON_MEDIA = frozenset({b"application/json", b"*/*", b"application/*"})
 
 #: Verbs safe to send again to another backend after an attempt failed.
 _IDEMPOTENT = frozenset({"get", "list", "watch"})
@@ -223,6 +230,115 @@ class ResponseRelay(Protocol):
             abort_client(request)
 
 
+class FilteredWatchRelay(ResponseRelay):
+    """A watch whose events go through response filters: each complete event line is
+    filtered and written (the tee sees what the client was given); a partial line waits
+    for its end."""
+
+    def __init__(
+        self, request: Request, on_bytes: Callable[[int], None], tee: ResponseTee | None, stage: RequestFilters,
+        info: RequestInfo,
+    ) -> None:
+        super().__init__(request, on_bytes, tee, watch=True)
+        self._stage = stage
+        self._info = info
+        self._partial = b""
+
+    def dataReceived(self, data: bytes) -> None:  # noqa: N802
+        if self.client_gone:
+            return
+        self._on_bytes(len(data))
+        lines = (self._partial + data).split(b"\n")
+        self._partial = lines.pop()
+        if len(self._partial) > MAX_FILTERED_BODY:
+            _log.warn("a watch event of {uri} is too large to filter; aborting", uri=self.request.uri)
+            self.cut(cleanly=False)
+            return
+        out = []
+        for line in lines:
+            try:
+                filtered = self._stage.event_line(line, self._info)
+            except FilterError as e:
+                _log.warn("a watch event of {uri} could not be filtered ({err}); aborting", uri=self.request.uri, err=e)
+                self.cut(cleanly=False)
+                return
+            if filtered:
+                out.append(filtered + b"\n")
+        self.at_line_end = not self._partial
+        if out:
+            body = b"".join(out)
+            self.request.write(body)
+            if self._tee is not None:
+                self._feed(body)
+
+
+class FilteredWholeRelay(ResponseRelay):
+    """A get or list whose answer goes through response filters: read whole (up to
+    `MAX_FILTERED_BODY`), filtered, encoded again and written with its own
+    Content-Length; the tee sees what the client was given. A get whose object is withheld
+    is answered 404."""
+
+    def __init__(
+        self, request: Request, on_bytes: Callable[[int], None], tee: ResponseTee | None, stage: RequestFilters,
+        info: RequestInfo,
+    ) -> None:
+        super().__init__(request, on_bytes, tee)
+        self._stage = stage
+        self._info = info
+        self._chunks: list[bytes] = []
+        self._size = 0
+
+    def dataReceived(self, data: bytes) -> None:  # noqa: N802
+        if self.client_gone:
+            return
+        self._on_bytes(len(data))
+        self._size += len(data)
+        if self._size > MAX_FILTERED_BODY:
+            _log.warn("the answer to {uri} is too large to filter; aborting", uri=self.request.uri)
+            self._chunks = []
+            self.cut(cleanly=False)
+            return
+        self._chunks.append(data)
+
+    def connectionLost(self, reason: Failure = Failure(ResponseDone())) -> None:  # noqa: N802, B008
+        tee, self._tee = self._tee, None
+        if self.client_gone:
+            if tee is not None:
+                tee.abandon()
+            return
+        request = self.request
+        request.unregisterProducer()
+        if not reason.check(ResponseDone, PotentialDataLoss):
+            if tee is not None:
+                tee.abandon()
+            abort_client(request)
+            return
+        body, self._chunks = b"".join(self._chunks), []
+        try:
+            filtered = self._stage.body(body, self._info)
+        except FilterError as e:
+            if tee is not None:
+                tee.abandon()
+            finish_with_status(request, 502, f"the cloud's answer could not be filtered: {e}")
+            return
+        if filtered is None:
+            if tee is not None:
+                tee.abandon()
+            info = self._info
+            what = f"{info.resource}.{info.api_group}" if info.api_group else info.resource
+            finish_with_status(request, 404, f'{what} "{info.name}" not found', "NotFound")
+            return
+        request.responseHeaders.setRawHeaders(b"content-length", [b"%d" % len(filtered)])
+        request.write(filtered)
+        if tee is not None:
+            try:
+                tee.feed(filtered)
+                tee.finish()
+            except Exception:
+                _log.failure("caching an answer failed")
+        request.finish()
+
+
 class RemoteProxy:
     """Sends requests to the cloud backends the failover factory names and relays the
     answers; keeps track of which exchanges are open on which backend, so that streams
@@ -251,6 +367,8 @@ class RemoteProxy:
         #: Answers a read from the cache when the cloud is too slow for the request's
         #: deadline; returns False when it cannot (then the answer is 504).
         self.stand_in: Callable[[Request, RequestInfo], bool] | None = None
+        #: The response filters (None: none configured); see `yurthub.filters`.
+        self.filters: FilterChain | None = None
         self.pools: list[HTTPConnectionPool] = []
         self._node_agent = self._make_agent(node_endpoints, max_persistent_per_host, idle_timeout)
         self._token_agent = self._make_agent(token_endpoints, max_persistent_per_host, idle_timeout)
@@ -444,6 +562,12 @@ class _Exchange:
         self._deadline: Any = None  # the delayed call that answers before the client gives up
         # Before the headers go up: the cache may ask the cloud for JSON.
         self.tee = proxy.cache.tee_for(info, request) if proxy.cache is not None else None
+        self.stage: RequestFilters | None = None
+        self.refusal = ""
+        if proxy.filters is not None and request.method != b"HEAD":
+            self.stage = proxy.filters.for_request(info)
+            if self.stage is not None:
+                self.refusal = _ask_for_json(request)
         self.headers = strip_hop_by_hop(request.requestHeaders, also_drop=_DROP_UP)
         content = request.content
         body = b""
@@ -455,6 +579,9 @@ class _Exchange:
         self.target = request_target(request)
 
     def start(self, backend: Backend) -> None:
+        if self.refusal:
+            finish_with_status(self.request, 406, self.refusal, "NotAcceptable")
+            return
         self.request.notifyFinish().addCallbacks(self._ended, self._client_went_away)
         seconds = request_deadline(self.info)
         if seconds is not None:
@@ -495,17 +622,32 @@ class _Exchange:
         # The Agent already took the connection-control fields out of response.headers;
         # what remains is the answer's own, so it becomes the client's as it is.
         headers = strip_hop_by_hop(response.headers)
-        if response.length is not UNKNOWN_LENGTH and request.method != b"HEAD":
+        content_type = headers.getRawHeaders(b"content-type", [b""])[0]
+        stage = self.stage if 200 <= response.code < 300 else None
+        if stage is not None and content_type.split(b";", 1)[0].strip().lower() != b"application/json":
+            # Filters read JSON only: never pass an answer they could not read.
+            response.deliverBody(_Discard())
+            finish_with_status(request, 502, "the cloud answered a filtered request in a format other than JSON")
+            return
+        whole = stage is not None and not self.info.is_watch  # written once filtered
+        if whole:
+            headers.removeHeader(b"content-length")
+        elif response.length is not UNKNOWN_LENGTH and request.method != b"HEAD":
             headers.setRawHeaders(b"content-length", [b"%d" % response.length])
         request.responseHeaders = headers
         request.defaultContentType = None  # type: ignore[assignment]
-        if self.info.is_watch or response.length is UNKNOWN_LENGTH:
+        if self.info.is_watch or (response.length is UNKNOWN_LENGTH and not whole):
             # Streams: send the status line and headers now, before the first event.
             request.write(b"")
         tee = self.tee
-        if tee is not None and not tee.start(response.code, headers.getRawHeaders(b"content-type", [b""])[0]):
+        if tee is not None and not tee.start(response.code, content_type):
             tee = None
-        self.relay = ResponseRelay(request, self.proxy.bytes_down.inc, tee, watch=self.info.is_watch)
+        if stage is None:
+            self.relay = ResponseRelay(request, self.proxy.bytes_down.inc, tee, watch=self.info.is_watch)
+        elif self.info.is_watch:
+            self.relay = FilteredWatchRelay(request, self.proxy.bytes_down.inc, tee, stage, self.info)
+        else:
+            self.relay = FilteredWholeRelay(request, self.proxy.bytes_down.inc, tee, stage, self.info)
         response.deliverBody(self.relay)
 
     def failed(self, failure: Failure, backend: Backend, seq: int) -> None:
@@ -659,6 +801,22 @@ class _Exchange:
             self.pending.cancel()
         if self.relay is not None:
             self.relay.stop()
+
+
+def _ask_for_json(request: Request) -> str:
+    """Make a filtered request ask the cloud for JSON only (keeping the client's own JSON
+    variants, Table included); a refusal message if the client accepts no JSON."""
+    accept = request.getHeader(b"accept")
+    if not accept:
+        request.requestHeaders.setRawHeaders(b"accept", [b"application/json"])
+        return ""
+    parts = [p.strip() for p in accept.split(b",")]
+    json_parts = [p for p in parts if p.split(b";", 1)[0].strip().lower() in _JSON_MEDIA]
+    if not json_parts:
+        return "answers to this request are filtered by yurthub, which needs them in JSON; accept application/json"
+    if len(json_parts) != len(parts):
+        request.requestHeaders.setRawHeaders(b"accept", [b", ".join(json_parts)])
+    return ""
 
 
 class _Discard(Protocol):

@@ -48,6 +48,15 @@ class OfflineAnswerer(TypingProtocol):
     def __call__(self, request: Request, info: RequestInfo, reason: str) -> None: ...
 
 
+class RequestGuard(TypingProtocol):
+    """Request-side rules: answers a request itself or lets it go on (``proceed``), now or
+    later; ``offline`` answers it from the cache."""
+
+    def admit(
+        self, request: Request, info: RequestInfo, proceed: Callable[[], None], offline: OfflineAnswerer
+    ) -> None: ...
+
+
 def answer_unavailable(request: Request, info: RequestInfo, reason: str) -> None:
     """The answer when the cloud cannot be reached and nothing local can stand in: 503."""
     finish_with_status(request, 503, f"the cloud API server is unavailable: {reason}")
@@ -90,6 +99,8 @@ class ProxyRoot(Resource):
         self._metrics = metrics
         self.unavailable = unavailable
         self._infos: dict[tuple[bytes, bytes, bytes | None], RequestInfo] = {}
+        #: Request-side rules run before routing (tenant isolation), or None.
+        self.guard: RequestGuard | None = None
 
     def request_info(self, request: Request) -> RequestInfo:
         """The request's `RequestInfo`, resolved once per request line and User-Agent."""
@@ -123,13 +134,23 @@ class ProxyRoot(Resource):
         if slot is None:
             assert limiter is not None
             return limiter.reject(request)
+        def route() -> None:
+            try:
+                if is_upgrade(request.requestHeaders):
+                    self._upgrades.handle(request, info, self.unavailable, ended)
+                else:
+                    self._remote.handle(request, info, self.unavailable)
+            except Exception:
+                _log.failure("error handling {method} {uri!r}", method=request.method, uri=request.uri)
+                finish_with_status(request, 500, "internal error in yurthub; see its log")
+
+        if self.guard is None:
+            route()
+            return NOT_DONE_YET
         try:
-            if is_upgrade(request.requestHeaders):
-                self._upgrades.handle(request, info, self.unavailable, ended)
-            else:
-                self._remote.handle(request, info, self.unavailable)
+            self.guard.admit(request, info, route, self.unavailable)
         except Exception:
-            _log.failure("error handling {method} {uri!r}", method=request.method, uri=request.uri)
+            _log.failure("error checking {method} {uri!r}", method=request.method, uri=request.uri)
             finish_with_status(request, 500, "internal error in yurthub; see its log")
         return NOT_DONE_YET
 
