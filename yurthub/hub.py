@@ -4,21 +4,23 @@
 200 when every readiness check holds, else 503 with one line per check saying which failed
 and why (``?verbose`` lists the passing ones too). ``GET /metrics`` is the Prometheus text
 exposition of the process's registry. ``POST /v1/token`` gives the certificate manager a new
-bootstrap token.
+bootstrap token. ``PUT /v1/cluster`` moves the node to another cluster (loopback callers only).
 """
 
 from __future__ import annotations
 
+import ipaddress
 import json
 from collections.abc import Callable, Sequence
 from typing import Any
 
 from twisted.web.resource import Resource
-from twisted.web.server import Request
+from twisted.web.server import NOT_DONE_YET, Request
 from zope.interface import implementer
 
 from yurthub.interfaces import IReadinessCheck
 from yurthub.metrics import CONTENT_TYPE_LATEST, ProxyMetrics
+from yurthub.proxy.status import status_body
 from yurthub.upstream.backends import Backend
 
 
@@ -86,6 +88,10 @@ class BackendsReachable:
         self._backends = list(backends)
         self._offline_ok = offline_ok
 
+    def use(self, backends: Sequence[Backend]) -> None:
+        """Report on these backends from now on (the node moved to another cluster)."""
+        self._backends = list(backends)
+
     def check(self) -> tuple[bool, str]:
         online = any(b.healthy for b in self._backends)
         states = ", ".join(_state(b) for b in self._backends)
@@ -140,23 +146,96 @@ class TokenPage(Resource):
 
     def __init__(self, certificates: Any) -> None:
         super().__init__()
-        self._certificates = certificates
+        #: Replaced when the node moves to another cluster.
+        self.certificates = certificates
 
     def render_POST(self, request: Request) -> bytes:  # noqa: N802
-        if self._certificates is None:
+        if self.certificates is None:
             return _plain(request, 404, "the certificate manager is not running (certificates.certFile is set)")
         try:
             document = json.loads(request.content.read() if request.content is not None else b"")
             token = document.get("bootstrapToken") or document.get("jointoken") or ""
             if not isinstance(token, str) or not token:
                 raise ValueError('expected {"bootstrapToken": "<id>.<secret>"}')
-            self._certificates.set_bootstrap_token(token)
+            self.certificates.set_bootstrap_token(token)
         except Exception as e:  # malformed JSON or token: the reason, in one line
             return _plain(request, 400, f"bad token request: {e}")
         return _plain(request, 200, "bootstrap token set")
 
 
-def make_hub_root(metrics: ProxyMetrics, checks: Sequence[IReadinessCheck], certificates: Any = None) -> Resource:
+def from_loopback(request: Request) -> bool:
+    """Whether the request came over loopback (127.0.0.0/8, ::1, an IPv4-mapped loopback
+    address) or a UNIX socket: from a process on this node."""
+    address = request.getClientAddress()
+    host = getattr(address, "host", None)
+    if host is None:  # a UNIX socket: only local processes can connect
+        return True
+    try:
+        ip = ipaddress.ip_address(host.split("%", 1)[0])
+    except ValueError:
+        return False
+    mapped = getattr(ip, "ipv4_mapped", None)
+    return ip.is_loopback or (mapped is not None and mapped.is_loopback)
+
+
+def _status(request: Request, code: int, message: str, *, field: str = "") -> bytes:
+    request.setResponseCode(code)
+    request.setHeader(b"content-type", b"application/json")
+    request.setHeader(b"cache-control", b"no-store")
+    if code < 400:
+        return json.dumps(
+            {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "message": message, "code": code}
+        ).encode()
+    details = {"causes": [{"reason": "FieldValueInvalid", "field": field, "message": message}]} if field else None
+    return status_body(code, message, details=details)
+
+
+class ClusterPage(Resource):
+    """``PUT /v1/cluster`` with ``{"servers": [...], "bootstrapToken": "...",
+    "caCertHashes": [...]}``: move the node to that cluster (`yurthub.migration`). The
+    request is held until the node has switched (200 ``Status`` Success) or the migration
+    failed and the node stays (a failure ``Status``: 502 B refused or unreachable, 504 no
+    answer in time, 409 another migration under way or certificates not managed). A bad
+    field is 400 naming it, a caller not on loopback 403; both change nothing."""
+
+    isLeaf = True
+
+    def __init__(self, migration: Any) -> None:
+        super().__init__()
+        self._migration = migration
+
+    def render_PUT(self, request: Request) -> bytes | int:  # noqa: N802
+        from yurthub.migration import InvalidField, MigrationError, parse_cluster_request
+
+        if not from_loopback(request):
+            return _status(request, 403, "PUT /v1/cluster is accepted from loopback only")
+        if self._migration is None:
+            return _status(request, 404, "migration needs yurthub to manage its certificates")
+        try:
+            target = parse_cluster_request(request.content.read() if request.content is not None else b"")
+        except InvalidField as e:
+            return _status(request, 400, f"invalid cluster request: {e}", field=e.field)
+        gone: list[bool] = []
+        request.notifyFinish().addErrback(lambda _: gone.append(True))
+
+        def answer(code: int, message: str) -> None:
+            if not gone:
+                request.write(_status(request, code, message))
+                request.finish()
+
+        def failed(failure: Any) -> None:
+            if failure.check(MigrationError):
+                answer(failure.value.code, str(failure.value))
+            else:
+                answer(500, f"migration failed: {failure.getErrorMessage()}")
+
+        self._migration.migrate(target).addCallbacks(lambda text: answer(200, text), failed)
+        return NOT_DONE_YET
+
+
+def make_hub_root(
+    metrics: ProxyMetrics, checks: Sequence[IReadinessCheck], certificates: Any = None, migration: Any = None
+) -> Resource:
     """The hub listener's resource tree."""
     root = Resource()
     v1 = Resource()
@@ -164,5 +243,6 @@ def make_hub_root(metrics: ProxyMetrics, checks: Sequence[IReadinessCheck], cert
     v1.putChild(b"healthz", Healthz())
     v1.putChild(b"readyz", Readyz(checks))
     v1.putChild(b"token", TokenPage(certificates))
+    v1.putChild(b"cluster", ClusterPage(migration))
     root.putChild(b"metrics", MetricsPage(metrics))
     return root

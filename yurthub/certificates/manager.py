@@ -82,6 +82,7 @@ class CertificateManager:
         serving_ips: Sequence[str] = (),
         run_in_thread: Callable[..., defer.Deferred[Any]],
         random: Callable[[], float] = _random.random,
+        directory: str | None = None,
     ) -> None:
         certs = config.certificates
         self.reactor = reactor
@@ -93,7 +94,9 @@ class CertificateManager:
         self._on_client_rotated = on_client_rotated
         self._run = run_in_thread
         self.mode = certs.mode
-        self.directory = certs.dir
+        #: Where files go: ``certificates.dir``, or a staging directory while a migration
+        #: bootstraps against another cluster (`bootstrap`, then `relocate`).
+        self.directory = directory or certs.dir
         self.token = BootstrapToken.parse(certs.bootstrap_token) if certs.bootstrap_token else None
         self.token_error = ""
         self.ca_pem: bytes | None = None
@@ -116,7 +119,7 @@ class CertificateManager:
                     signer_name="kubernetes.io/kube-apiserver-client",
                     usages=CLIENT_USAGES,
                 ),
-                CertificateStore(certs.dir, "yurthub"),
+                CertificateStore(self.directory, "yurthub"),
                 self._obtain,
                 self._install_client,
                 run_in_thread=run_in_thread,
@@ -134,7 +137,7 @@ class CertificateManager:
                         dns_names=SERVING_DNS,
                         ip_addresses=tuple(dict.fromkeys((*serving_ips, *certs.serving_ips))),
                     ),
-                    CertificateStore(certs.dir, "yurthub-server"),
+                    CertificateStore(self.directory, "yurthub-server"),
                     self._obtain,
                     on_serving_rotated,
                     run_in_thread=run_in_thread,
@@ -168,6 +171,75 @@ class CertificateManager:
                 rotator.stop()
         if self._kubelet_loop is not None and self._kubelet_loop.running:
             self._kubelet_loop.stop()
+
+    # --- a second cluster (migration) ----------------------------------------------------
+
+    async def bootstrap(self) -> tuple[bytes, Credential, Credential | None]:
+        """Get everything for the configured cluster now, without starting schedules: the
+        CA (discovered with the token and pins, saved as ``ca.crt``), a client certificate
+        (with the token) and, when this manager has one, a serving certificate (with the
+        new client certificate), each saved in this manager's directory. Raises with the
+        reason (`BootstrapError`, `CSRDenied`, ...) at the first failure. For a migration:
+        the manager is built on the other cluster's config and a staging directory."""
+        assert self.client is not None, "bootstrap is for mode token"
+        self.ca_pem = await self._discover_ca()
+        self.credentials.replace(self.ca_pem, None, None)
+        client = await self._issue(self.client)
+        self.credentials.replace(self.ca_pem, client.cert_pem, client.key_pem)
+        serving = await self._issue(self.serving) if self.serving is not None else None
+        return self.ca_pem, client, serving
+
+    async def _issue(self, rotator: CertificateRotator) -> Credential:
+        from yurthub.certificates.csr import build_csr, new_private_key
+
+        spec = rotator.spec
+        key_pem = new_private_key()
+        csr_pem = build_csr(
+            key_pem, spec.common_name, spec.organizations, dns_names=spec.dns_names, ip_addresses=spec.ip_addresses
+        )
+        cert_pem = await self._obtain(spec, csr_pem)
+        credential = Credential.from_pem(cert_pem, key_pem)
+        await self._run(rotator.store.save, cert_pem, key_pem)
+        return credential
+
+    def relocate(self, directory: str) -> None:
+        """Keep the certificates in ``directory`` from now on (the staging directory's
+        files have been moved there)."""
+        self.directory = directory
+        for rotator in (self.client, self.serving):
+            if rotator is not None:
+                rotator.store = CertificateStore(directory, rotator.spec.name)
+
+    def rebind(
+        self,
+        credentials: Any,
+        failover: Any,
+        *,
+        node_agent: Any,
+        token_agent: Any,
+        on_client_rotated: Callable[[], None],
+    ) -> None:
+        """Work with these collaborators from now on (the running yurthub's, at the switch
+        of a migration, instead of the staging ones it bootstrapped with)."""
+        self.credentials = credentials
+        self.failover = failover
+        self.node_agent = node_agent
+        self.token_agent = token_agent
+        self._on_client_rotated = on_client_rotated
+
+    def adopt(self, ca_pem: bytes, client: Credential, serving: Credential | None) -> None:
+        """Run the schedules with this CA and these certificates (from `bootstrap`),
+        installing them at once: the client certificate into the credential source, the
+        serving one through ``on_serving_rotated``."""
+        assert self.client is not None
+        self.ca_pem = ca_pem
+        self.ca_error = self.token_error = ""
+        self._first_install = True
+        # The serving rotator first: installing the client certificate starts it otherwise
+        # (reading the disk), and it must run once.
+        if self.serving is not None and serving is not None:
+            self.serving.start(serving).addErrback(lambda f: _log.failure("serving certificate", f))
+        self.client.start(client).addErrback(lambda f: _log.failure("client certificate", f))
 
     # --- the CA -------------------------------------------------------------------------
 
@@ -415,10 +487,11 @@ class CertificateReady:
     name = "certificate"
 
     def __init__(self, manager: CertificateManager) -> None:
-        self._manager = manager
+        #: Replaced when the node moves to another cluster.
+        self.manager = manager
 
     def check(self) -> tuple[bool, str]:
-        return self._manager.readiness()
+        return self.manager.readiness()
 
 
 def _read(path: str) -> bytes:

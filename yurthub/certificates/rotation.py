@@ -107,10 +107,12 @@ class CertificateRotator:
     # --- life -------------------------------------------------------------------------
 
     @defer.inlineCallbacks
-    def start(self):  # type: ignore[no-untyped-def]
+    def start(self, credential: Credential | None = None):  # type: ignore[no-untyped-def]
         """Load the current certificate (in a thread), install it if usable, then check
-        on schedule. Fires once loaded, before any renewal has finished."""
-        credential = yield self._run(self.store.current)
+        on schedule. Fires once loaded, before any renewal has finished. A ``credential``
+        given (one obtained beforehand and already in the store) is used without reading."""
+        if credential is None:
+            credential = yield self._run(self.store.current)
         if credential is not None and not credential.expired(self.clock.seconds()):
             self._use(credential)
         elif credential is not None:

@@ -58,5 +58,10 @@ class Backend:
         if self._on_change is not None:
             self._on_change(self)
 
+    def retire(self) -> None:
+        """The backend is no longer used (the node moved to another cluster): its later
+        health changes are not reported to anyone."""
+        self._on_change = None
+
     def __repr__(self) -> str:
         return f"<Backend {self.url} {'healthy' if self._healthy else 'unhealthy'}>"

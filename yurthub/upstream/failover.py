@@ -52,9 +52,14 @@ class FailoverFactory:
     def __init__(self, mode: str, backends: Sequence[Backend]) -> None:
         if mode not in MODES:
             raise ValueError(f"unknown load-balancing mode {mode!r}")
+        self.mode = mode
+        self.replace(backends)
+
+    def replace(self, backends: Sequence[Backend]) -> None:
+        """Use these backends from now on (a cluster migration): every later `attempts`
+        orders them; the `Attempts` handed out before keep their old order."""
         if not backends:
             raise ValueError("no backends")
-        self.mode = mode
         self.backends = list(backends)
         self._rank = {backend: i for i, backend in enumerate(self.backends)}
         self._turn = itertools.count()

@@ -74,6 +74,31 @@ class HealthChecker:
             self._loops[backend] = loop
             loop.start(self._settings.interval_seconds, now=True)
 
+    def replace(self, backends: Sequence[Backend]) -> None:
+        """Probe these backends instead (a cluster migration): the old ones' loops stop,
+        their probes under way are dropped and their ``yurthub_backend_healthy`` series
+        removed; the new ones are probed at once if the checker is running."""
+        running = bool(self._loops)
+        for loop in self._loops.values():
+            if loop.running:
+                loop.stop()
+        self._loops = {}
+        for d in list(self._pending):
+            d.cancel()
+        for backend in self.backends:
+            try:
+                self._metrics.backend_healthy.remove(backend.url)
+            except KeyError:
+                pass
+        self.backends = list(backends)
+        self._streak = dict.fromkeys(self.backends, 0)
+        self.last_error = {}
+        for backend in self.backends:
+            self._metrics.backend_healthy.labels(backend.url).set(1 if backend.healthy else 0)
+        self.pool.closeCachedConnections()
+        if running:
+            self.start()
+
     def stop(self) -> defer.Deferred[object]:
         """Stop probing and close the probe connections."""
         for loop in self._loops.values():
@@ -94,6 +119,8 @@ class HealthChecker:
         except Exception as e:  # a bug in a probe must not stop the loop
             _log.failure("health probe of {url} raised", url=backend.url)
             ok, detail = False, f"probe error: {e}"
+        if backend not in self._streak:
+            return  # replaced while probed (a cluster migration)
         self._record(backend, ok, detail)
         loop = self._loops.get(backend)
         if loop is not None:
