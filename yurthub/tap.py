@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ctypes
 import gc
+import signal
 import sys
 import tempfile
 from typing import Any
@@ -146,6 +147,51 @@ class ProcessTuning(Service):
         gc.set_threshold(20_000, 20, 20)
 
 
+class ConfigReloader(Service):
+    """SIGHUP reads the config file again (with the same command-line overrides): changed
+    ``servers``, ``certificates.bootstrapToken`` or ``certificates.caCertHashes`` move the
+    node to that cluster (`yurthub.migration`); other changed keys are logged as taking
+    effect at the next restart; a file that does not validate is logged and changes
+    nothing. The handler is installed while the service runs."""
+
+    def __init__(self, reactor: Any, hub: Any, path: str, overrides: dict[str, object], required: bool) -> None:
+        self._reactor = reactor
+        self._hub = hub
+        self._path = path
+        self._overrides = overrides
+        self._required = required
+        self._previous: Any = None
+
+    def startService(self) -> None:  # noqa: N802
+        super().startService()
+        self._previous = signal.signal(signal.SIGHUP, self._hangup)
+
+    def stopService(self) -> Any:  # noqa: N802
+        super().stopService()
+        if self._previous is not None:
+            signal.signal(signal.SIGHUP, self._previous)
+            self._previous = None
+
+    def _hangup(self, signum: int, frame: Any) -> None:
+        self._reactor.callFromThread(self.reload)
+
+    def reload(self) -> Any:
+        """Read the file again and act on it; returns the migration's Deferred, if any."""
+        from twisted.logger import Logger
+
+        log = Logger()
+        try:
+            config = load_config(self._path, self._overrides, required=self._required)
+        except ConfigError as e:
+            log.error("config reload: {err}; nothing changed", err=str(e))
+            return None
+        migration = getattr(self._hub, "migration", None)
+        if migration is None:
+            log.warn("config reload: nothing can change without a restart (certificates are not managed by yurthub)")
+            return None
+        return migration.reload(config)
+
+
 class _Announce(Service):
     """Prints how to use the demo once everything listens."""
 
@@ -195,6 +241,14 @@ def makeService(options: Options) -> IService:  # noqa: N802 - twistd's name
         raise SystemExit(1) from None
     top = MultiService()
     ProcessTuning().setServiceParent(top)
+    overrides = options.overrides()
+    ConfigReloader(
+        reactor,
+        hub,
+        options["config"] or DEFAULT_CONFIG_PATH,
+        overrides,
+        required=options["config"] is not None or "servers" not in overrides,
+    ).setServiceParent(top)
     if not options["demo"]:
         hub.setServiceParent(top)
         return top
