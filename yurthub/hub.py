@@ -14,6 +14,7 @@ import json
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from twisted.internet.address import UNIXAddress
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 from zope.interface import implementer
@@ -167,9 +168,11 @@ def from_loopback(request: Request) -> bool:
     """Whether the request came over loopback (127.0.0.0/8, ::1, an IPv4-mapped loopback
     address) or a UNIX socket: from a process on this node."""
     address = request.getClientAddress()
-    host = getattr(address, "host", None)
-    if host is None:  # a UNIX socket: only local processes can connect
+    if isinstance(address, UNIXAddress):  # only local processes can connect
         return True
+    host = getattr(address, "host", None)
+    if not isinstance(host, str):
+        return False
     try:
         ip = ipaddress.ip_address(host.split("%", 1)[0])
     except ValueError:

@@ -18,9 +18,8 @@
 
 The cache is kept: A's objects are answered until B's lists replace them.
 
-When B's pins include the pin of the CA in use, B is the same cluster under other
-addresses: only the servers (and the token, if it changed) are replaced, without a new
-certificate.
+Any change of the three keys is a migration, even to the same cluster under other
+addresses: a new certificate is cheaper than a check that could be fooled.
 """
 
 from __future__ import annotations
@@ -37,7 +36,6 @@ from twisted.internet.error import TimeoutError as TimeoutError_
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from yurthub.certificates.bootstrap import ca_pin
 from yurthub.certificates.manager import CertificateManager
 from yurthub.config import Config, ConfigError, check_value
 from yurthub.interfaces import IReadinessCheck
@@ -249,14 +247,6 @@ class ClusterMigration:
             servers=target.servers,
             certificates=replace(certs, bootstrap_token=target.bootstrap_token, ca_cert_hashes=target.ca_cert_hashes),
         )
-        if old.ca_pem is not None and ca_pin(old.ca_pem) in target.ca_cert_hashes:
-            # The same cluster under other addresses: no new CA, no new certificate.
-            hub.replace_backends(config.servers)
-            if target.bootstrap_token != certs.bootstrap_token:
-                old.set_bootstrap_token(target.bootstrap_token)
-            old.config = hub.config = config
-            self.error = ""
-            return "same cluster (its CA is pinned); servers now " + ", ".join(config.servers)
         staging = os.path.join(certs.dir, STAGING)
         self.doing = f"bootstrapping against {', '.join(target.servers)}"
         await self._run(_empty_directory, staging)
@@ -319,6 +309,10 @@ class ClusterMigration:
         hub.replace_backends(config.servers)
         hub.replace_certificates(manager)
         hub.config = config
+        # B's resourceVersions do not continue A's: a list of B at the version A's list had
+        # is not "unchanged", and BOOKMARKs of A say nothing about B.
+        hub.cache._list_versions.clear()
+        hub.cache.bookmarks.clear()
         manager.adopt(ca_pem, client, serving)
         _log.info("moved to the cluster at {servers}", servers=", ".join(config.servers))
 
