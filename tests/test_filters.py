@@ -287,9 +287,11 @@ class LiveAndCachedFilteringTests(TestCase):
         cloud.create(slice_of("topo", "edge-1", "edge-2", "edge-3"))
         hub = await start_hub(self, [cloud.url])
         proxy = f"http://127.0.0.1:{hub.port_of('listen.proxy')}"
-        await _wait_cached(hub, "yurthub", GVR("", "v1", "nodes"), lambda n: len(n) == 3)
         await fetch(self, b"GET", proxy + "/api/v1/services", KUBE_PROXY)
         await _wait_cached(hub, "kube-proxy", SERVICES, lambda n: "topo" in n)
+        # the first pool look-up starts the list of the cluster's pooled nodes
+        await fetch(self, b"GET", proxy + "/apis/discovery.k8s.io/v1/endpointslices", KUBE_PROXY)
+        await _wait_cached(hub, "yurthub", GVR("", "v1", "nodes"), lambda n: len(n) == 3)
         code, _, body = await fetch(self, b"GET", proxy + "/apis/discovery.k8s.io/v1/endpointslices", KUBE_PROXY)
         self.assertEqual(code, 200)
         (item,) = [i for i in json.loads(body)["items"] if i["metadata"]["name"] == "topo-abc"]

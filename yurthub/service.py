@@ -266,6 +266,8 @@ class YurtHub(MultiService):
             if needs_node_pools(config)
             else None
         )
+        if self.pool_refresher is not None:
+            self.node_pools.on_first_use = self.pool_refresher.start
         self.listening = Flag("listeners", "proxy listener not bound yet")
         self.cache_loaded = Flag("cache-loaded", "the cache is being read from disk")
         self.checks = [
@@ -428,8 +430,6 @@ class YurtHub(MultiService):
         if not self._wanted:  # stopped while loading
             return
         self.janitor.start()
-        if self.pool_refresher is not None:
-            self.pool_refresher.start()
         self.reactor.callLater(0, self._collect_pods)
         super().startService()
         proxy = self.listeners.get("listen.proxy") or self.listeners.get("listen.secureProxy")

@@ -10,6 +10,7 @@ every ``interval`` seconds while the cloud is healthy) and kept in the cache und
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Any
 
 from twisted.internet import defer
@@ -41,8 +42,14 @@ class NodePools:
         self.node_name = node_name
         self._generation = -1
         self._pools: dict[str, str] = {}
+        #: Called the first time a pool is asked for (starts the `NodeListRefresher`, so a
+        #: node whose components never need pools never lists nodes).
+        self.on_first_use: Callable[[], None] | None = None
 
     def _refresh(self) -> None:
+        if self.on_first_use is not None:
+            first, self.on_first_use = self.on_first_use, None
+            first()
         generation = self.cache.store.generation
         if generation == self._generation:
             return
@@ -93,13 +100,17 @@ class NodeListRefresher:
         self._interval = interval
         self._loop: LoopingCall | None = None
         self._asking: defer.Deferred[Any] | None = None
+        self._stopped = False
 
     def start(self) -> None:
+        if self._stopped or self._loop is not None:
+            return
         self._loop = LoopingCall(self._safely)
         self._loop.clock = self._clock
         self._loop.start(self._interval, now=True)
 
     def stop(self) -> None:
+        self._stopped = True
         if self._loop is not None and self._loop.running:
             self._loop.stop()
         if self._asking is not None:
