@@ -17,6 +17,7 @@ from yurthub.service import YurtHub
 from yurthub.tap import (
     M_MMAP_THRESHOLD,
     MMAP_THRESHOLD,
+    ConfigReloader,
     Options,
     ProcessTuning,
     fix_mmap_threshold,
@@ -91,7 +92,7 @@ class OptionsTests(SynchronousTestCase):
         options = Options()
         options.parseOptions(["--server", "https://a:6443", "--secure-listen", ""])
         service = makeService(options)
-        self.assertEqual([type(s) for s in service], [ProcessTuning, YurtHub])  # type: ignore[attr-defined]
+        self.assertEqual([type(s) for s in service], [ProcessTuning, ConfigReloader, YurtHub])  # type: ignore[attr-defined]
 
 
 class _FakeLibc:
