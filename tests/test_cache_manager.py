@@ -81,6 +81,24 @@ class ApplyTests(SynchronousTestCase):
         feed_answer(manager, b"GET", b"/api/v1/namespaces/default/pods", pod_list(pod("a", rv=11), rv=200))
         self.assertEqual(cached_names(manager), ["a", "c"])
 
+    def test_after_forgetting_versions_another_clusters_lower_versions_replace_the_cache(self) -> None:
+        manager = make_manager()
+        key = CacheKey("kubelet", PODS, "default", "a")
+        feed_answer(manager, b"GET", b"/api/v1/namespaces/default/pods", pod_list(pod("a", rv=500, app="old"), rv=500))
+        # Cluster B's copy at a lower version is refused while A's version counts ...
+        manager.apply_object(parse_request_info("GET", "/api/v1/namespaces/default/pods/a", "kubelet/v1.31.0"), pod("a", rv=7, app="new"))
+        self.assertIn(b'"old"', manager.store.get(key))
+        # ... and taken once the node moved (the object itself is still answered meanwhile).
+        manager.forget_versions()
+        self.assertIn(b'"old"', manager.store.get(key))
+        manager.apply_object(parse_request_info("GET", "/api/v1/namespaces/default/pods/a", "kubelet/v1.31.0"), pod("a", rv=7, app="new"))
+        self.assertIn(b'"new"', manager.store.get(key))
+        # The same list version as A's last one is applied, not skipped as unchanged.
+        feed_answer(manager, b"GET", b"/api/v1/namespaces/default/pods", pod_list(pod("a", rv=500, app="old"), rv=500))
+        manager.forget_versions()
+        feed_answer(manager, b"GET", b"/api/v1/namespaces/default/pods", pod_list(pod("b", rv=3), rv=500))
+        self.assertEqual(cached_names(manager), ["b"])
+
     def test_selector_list_replaces_only_matching_objects(self) -> None:
         manager = make_manager()
         feed_answer(manager, b"GET", b"/api/v1/pods", pod_list(pod("a", app="web"), pod("b", app="db")))

@@ -95,6 +95,10 @@ class IObjectStore(Interface):
     def components():  # noqa: N805
         """The components that have anything cached, sorted."""
 
+    def forget_versions():  # noqa: N805
+        """From now on the next copy of any cached object is taken whatever its
+        resourceVersion (the node moved to another cluster)."""
+
     def put_document(name, data):  # noqa: N805
         """Store a non-object document (discovery) under a validated name."""
 

@@ -310,9 +310,9 @@ class ClusterMigration:
         hub.replace_certificates(manager)
         hub.config = config
         # B's resourceVersions do not continue A's: a list of B at the version A's list had
-        # is not "unchanged", and BOOKMARKs of A say nothing about B.
-        hub.cache._list_versions.clear()
-        hub.cache.bookmarks.clear()
+        # is not "unchanged", BOOKMARKs of A say nothing about B, and an object B holds at
+        # a lower version than A's copy must still replace it.
+        hub.cache.forget_versions()
         manager.adopt(ca_pem, client, serving)
         _log.info("moved to the cluster at {servers}", servers=", ".join(config.servers))
 

@@ -229,6 +229,14 @@ class CacheManager:
             self._list_versions.clear()
         self._list_versions[self._list_id(info)] = list_rv
 
+    def forget_versions(self) -> None:
+        """The node moved to another cluster, whose resourceVersions do not continue the
+        old one's: no cached object, list version or BOOKMARK may keep a new copy out.
+        The objects stay and are answered until the new cluster's replace them."""
+        self._list_versions.clear()
+        self.bookmarks.clear()
+        self.store.forget_versions()
+
     def apply_event(self, info: RequestInfo, event: dict[str, Any], data: bytes | None = None) -> None:
         """Apply one watch event in order (``data``: the object's bytes, when known)."""
         kind = event.get("type")

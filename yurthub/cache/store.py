@@ -315,6 +315,16 @@ class ObjectIndex:
         names[key.name] = _slot(resource_version, data)
         self.generation += 1
 
+    def forget_versions(self) -> None:
+        """Treat every cached object as of an unknown resourceVersion, so the next copy of
+        it is taken whatever its version (the node moved to another cluster, whose
+        versions do not continue these)."""
+        for by_namespace in self._resources.values():
+            for names in by_namespace.values():
+                for name, slot in names.items():
+                    names[name] = ("", _slot_data(slot))
+        self.generation += 1
+
     def remove(self, key: CacheKey) -> bool:
         """Forget an object; True if it was cached."""
         by_namespace = self._resources.get((key.component, key.gvr))
@@ -540,6 +550,7 @@ class IndexedReads:
     """The read side both stores share: every read answered from the `ObjectIndex`."""
 
     _index: ObjectIndex
+    _lock: threading.Lock
 
     def get(self, key: CacheKey) -> bytes | None:
         """The bytes of the object at ``key``, or None."""
@@ -560,6 +571,11 @@ class IndexedReads:
     def generation(self) -> int:
         """A number that changes whenever the cached objects change."""
         return self._index.generation
+
+    def forget_versions(self) -> None:
+        """The cached objects' resourceVersions stop counting (see `ObjectIndex`)."""
+        with self._lock:
+            self._index.forget_versions()
 
 
 # --- the disk --------------------------------------------------------------------------

@@ -8,6 +8,7 @@ its `health` never degrades unless a test sets it.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Mapping
 
 from twisted.internet import defer
@@ -30,6 +31,7 @@ class MemoryObjectStore(IndexedReads):
         self.loaded = False
         self.closed = False
         self._index = ObjectIndex()
+        self._lock = threading.Lock()  # as the filesystem store's, for the shared reads
         self._documents: dict[str, bytes] = {}
 
     def __len__(self) -> int:
