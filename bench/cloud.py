@@ -28,7 +28,12 @@ answers, 127.0.0.1 only):
   each a MODIFIED watch event of ``--event-size`` bytes, in batches of ``--batch`` per
   reactor turn so that the watches are written to while it runs; answers at once;
 - ``GET /events``: the last generation's progress, its time, and (once done) every
-  ``events`` pod's final resourceVersion.
+  ``events`` pod's final resourceVersion;
+- ``POST /events?count=N&churn=C``: with ``churn`` C > 0, every C-th update is instead a
+  create of a new pod in namespace ``churn`` (at most `CHURN_KEEP` live: the oldest is
+  deleted then), so lists change their contents while events flow;
+- ``POST /events/stop``: end the running generation now (its figures as ``GET /events``);
+- ``GET /pods``: the resourceVersion and every pod's ``{"<namespace>/<name>": rv}``.
 
 It prints one line, ``CLOUD_READY {json}``, when both listeners are up, and stops on
 SIGTERM/SIGINT. Every answer of the control API is bounded; nothing here waits forever.
@@ -52,6 +57,10 @@ from twisted.web.server import NOT_DONE_YET, Request, Site
 BULK_NAMESPACE = "bulk"
 SMALL_NAMESPACE = "small"
 EVENTS_NAMESPACE = "events"
+CHURN_NAMESPACE = "churn"
+
+#: Live pods of the ``churn`` namespace at most; a create beyond it deletes the oldest.
+CHURN_KEEP = 40
 
 #: The node every seeded pod runs on (the node yurthub serves is ``edge-1`` too).
 NODE = "edge-1"
@@ -93,6 +102,8 @@ class EventGenerator:
         self._padding = padding
         self._batch = batch
         self._sequence = 0
+        self._churned: list[str] = []
+        self.churn = 0
         self.running = False
         self.count = 0
         self.generated = 0
@@ -101,8 +112,10 @@ class EventGenerator:
         self.first_rv = 0
         self.last_rv = 0
 
-    def start(self, count: int) -> None:
-        """Begin ``count`` updates; they run on later reactor turns."""
+    def start(self, count: int, churn: int = 0) -> None:
+        """Begin ``count`` updates (every ``churn``-th a create, and maybe a delete, in
+        the ``churn`` namespace); they run on later reactor turns."""
+        self.churn = churn
         self.running = True
         self.count = count
         self.generated = 0
@@ -115,8 +128,12 @@ class EventGenerator:
         store = self._server.store
         end = min(self.count, self.generated + self._batch)
         names = self._names
-        while self.generated < end:
+        while self.running and self.generated < end:
             self._sequence += 1
+            if self.churn and self._sequence % self.churn == 0:
+                self.last_rv = self._churn_step()
+                self.generated += 1
+                continue
             index = self._sequence % len(names)
             # The store takes ownership of a fresh dict: no JSON round trip per update.
             stored = store.update(
@@ -126,9 +143,25 @@ class EventGenerator:
                 self.first_rv = stored.rv
             self.last_rv = stored.rv
             self.generated += 1
-        if self.generated < self.count:
+        if self.running and self.generated < self.count:
             self._reactor.callLater(0, self._step)
-        else:
+        elif self.running:
+            self.stop()
+
+    def _churn_step(self) -> int:
+        """Create a ``churn`` pod, delete the oldest beyond `CHURN_KEEP`; the last rv."""
+        name = f"churn-{self._sequence:09d}"
+        pod = event_pod(name, self._sequence, self._sequence, 0)
+        pod["metadata"].update(namespace=CHURN_NAMESPACE, labels={"app": "churn"})
+        self._server.create(pod)
+        self._churned.append(name)
+        if len(self._churned) > CHURN_KEEP:
+            self._server.delete("pods", CHURN_NAMESPACE, self._churned.pop(0))
+        return int(self._server.resource_version)
+
+    def stop(self) -> None:
+        """End the generation now (a no-op when none runs)."""
+        if self.running:
             self.running = False
             self.finished = time.monotonic()
 
@@ -277,6 +310,14 @@ class _Control(Resource):
             return self._json(request, 200, self._state())
         if request.path == b"/events":
             return self._json(request, 200, self._generator.state())
+        if request.path == b"/pods":
+            pods = self._server.resource_type("pods", "")
+            every = {
+                f"{s.namespace}/{s.name}": str(s.rv) for s in self._server.store.list(pods, None)
+            }
+            return self._json(
+                request, 200, {"resourceVersion": self._server.resource_version, "pods": every}
+            )
         return self._json(request, 404, {"error": "unknown path"})
 
     def _set_delay(self, request: Request) -> bytes:
@@ -303,6 +344,9 @@ class _Control(Resource):
         if request.path == b"/in-flight/reset":
             self._in_flight.reset()
             return self._json(request, 200, self._in_flight.state())
+        if request.path == b"/events/stop":
+            self._generator.stop()
+            return self._json(request, 200, self._generator.state())
         if request.path == b"/events":
             if self._generator.running:
                 return self._json(request, 409, {"error": "a generation is running"})
@@ -310,9 +354,15 @@ class _Control(Resource):
                 count = int((request.args or {}).get(b"count", [b"0"])[0])
             except ValueError:
                 count = 0
-            if count <= 0:
-                return self._json(request, 400, {"error": "count must be a positive integer"})
-            self._generator.start(count)
+            try:
+                churn = int((request.args or {}).get(b"churn", [b"0"])[0])
+            except ValueError:
+                churn = -1
+            if count <= 0 or churn < 0:
+                return self._json(
+                    request, 400, {"error": "count must be a positive integer, churn >= 0"}
+                )
+            self._generator.start(count, churn)
             return self._json(request, 202, {"from_rv": self._server.resource_version})
         if request.path in (b"/stop", b"/start"):
             if request.path == b"/stop":
@@ -384,7 +434,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     seeding = time.monotonic()
     # No BOOKMARKs during a run (they are not events the benchmark counts).
     server = SimulatedAPIServer(reactor, bookmark_interval=3600.0)
-    for namespace in (BULK_NAMESPACE, SMALL_NAMESPACE, EVENTS_NAMESPACE):
+    for namespace in (BULK_NAMESPACE, SMALL_NAMESPACE, EVENTS_NAMESPACE, CHURN_NAMESPACE):
         server.create({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}})
     seed_pods(server, args.pods, namespace=BULK_NAMESPACE, node=NODE, prefix="bulk")
     for n in range(args.small_pods):
