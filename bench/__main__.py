@@ -7,6 +7,8 @@ an offline restart); ``failover`` is `bench.failover` (the preferred of two clou
 and restarted under load, through yurthub and through nginx as kubespray's nginx-proxy);
 ``flowcontrol`` is `bench.flowcontrol` (the in-flight limiter's cost, on and off, and a
 burst of 300 requests against a slow upstream). Without a name all run, in that order.
+``crash`` is `bench.crash` (yurthub SIGKILLed ``--kills`` times in a storm of watch events
+and list replacements, its cache checked after every restart); it runs only when named.
 """
 
 from __future__ import annotations
@@ -16,10 +18,12 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from bench import autonomy, failover, flowcontrol, proxy_list
+from bench import autonomy, crash, failover, flowcontrol, proxy_list
 from bench.results import RESULTS_PATH
 
 BENCHMARKS = ("proxy-list", "autonomy", "failover", "flowcontrol")
+#: Run only when named: a correctness check more than a measurement.
+ON_REQUEST = ("crash",)
 
 
 def _positive(text: str) -> float:
@@ -36,7 +40,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         description="Side-by-side benchmarks of yurthub on 127.0.0.1 (needs nginx and wrk; "
         "installs them with apt-get when run as root).",
     )
-    parser.add_argument("benchmark", nargs="?", default=None, choices=BENCHMARKS,
+    parser.add_argument("benchmark", nargs="?", default=None, choices=BENCHMARKS + ON_REQUEST,
                         help="which benchmark to run (default: all, in this order)")  # fmt: skip
     parser.add_argument("--duration", type=_positive, default=None,
                         help="seconds of measurement per configuration (default 10, 3 with --quick)")  # fmt: skip
@@ -65,6 +69,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                         help="failover: watches open through each proxy (default 20)")  # fmt: skip
     parser.add_argument("--return-grace", type=_positive, default=5.0,
                         help="failover: yurthub's healthCheck.returnGraceSeconds (default 5)")  # fmt: skip
+    parser.add_argument("--kills", type=int, default=20,
+                        help="crash: SIGKILLs of yurthub, each followed by a restart and the checks (default 20)")  # fmt: skip
+    parser.add_argument("--seed", type=int, default=1,
+                        help="crash: seed of the random kill moments (default 1)")  # fmt: skip
     parser.add_argument("--quick", action="store_true",
                         help="smoke run: 3 s per configuration, fewer watch events")  # fmt: skip
     parser.add_argument("--results", type=Path, default=RESULTS_PATH,
@@ -92,10 +100,21 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
             setattr(args, name, quick if args.quick else full)
     if args.watches < 0:
         parser.error("--watches must be at least 0")
+    if args.kills < 1:
+        parser.error("--kills must be at least 1")
     return args
 
 
 def _run_one(name: str, args: argparse.Namespace) -> int:
+    if name == "crash":
+        return crash.run(
+            crash.Settings(
+                kills=args.kills,
+                seed=args.seed,
+                results_path=args.results,
+                keep_temp=args.keep_temp,
+            )
+        )
     if name == "flowcontrol":
         return flowcontrol.run(
             flowcontrol.Settings(
