@@ -62,6 +62,22 @@ def answer_unavailable(request: Request, info: RequestInfo, reason: str) -> None
     finish_with_status(request, 503, f"the cloud API server is unavailable: {reason}")
 
 
+def path_refusal(info: RequestInfo) -> str:
+    """Why a request's path is refused before it goes anywhere, or "": a ``.`` or ``..``
+    segment once percent-decoded (a traversal, wherever it stands), or a namespace or name
+    kube-apiserver's namer rejects (``IsValidPathSegmentName``: no ``%`` either), which it
+    answers 400 as well. Such a request is never sent to the cloud nor looked up in the
+    cache."""
+    path = info.path
+    if "/." in path and any(segment in (".", "..") for segment in path.split("/")):
+        return f"the path {path!r} may not contain '.' or '..' segments"
+    if info.is_resource_request:
+        for what, value in (("namespace", info.namespace), ("name", info.name)):
+            if "%" in value:
+                return f"invalid resource {what} {value!r}: may not contain '%'"
+    return ""
+
+
 class _Accounting:
     """Counts one request in flight until it ends, then by its final code."""
 
@@ -134,6 +150,10 @@ class ProxyRoot(Resource):
         if slot is None:
             assert limiter is not None
             return limiter.reject(request)
+        refusal = path_refusal(info)
+        if refusal:
+            return write_status(request, 400, refusal)
+
         def route() -> None:
             try:
                 if is_upgrade(request.requestHeaders):
