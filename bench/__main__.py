@@ -1,4 +1,4 @@
-"""``python -m bench [proxy-list|autonomy|failover|flowcontrol] [--duration S] [--connections N] [--quick] ...``
+"""``python -m bench [proxy-list|autonomy|failover|flowcontrol|soak] [--duration S] [--connections N] [--quick] ...``
 
 The command line of the benchmarks. ``proxy-list`` is `bench.proxy_list` (yurthub next to
 nginx and to no proxy, serving a 100-pod list); ``autonomy`` is `bench.autonomy` (yurthub
@@ -6,7 +6,9 @@ answering from its cache with the cloud stopped, relaying watches into it, its m
 an offline restart); ``failover`` is `bench.failover` (the preferred of two clouds stopped
 and restarted under load, through yurthub and through nginx as kubespray's nginx-proxy);
 ``flowcontrol`` is `bench.flowcontrol` (the in-flight limiter's cost, on and off, and a
-burst of 300 requests against a slow upstream). Without a name all run, in that order.
+burst of 300 requests against a slow upstream); ``soak`` is `bench.soak` (500 open watches
+and 200 requests/s for 5 minutes, yurthub's descriptors and memory watched; only when named).
+Without a name all the others run, in that order.
 ``crash`` is `bench.crash` (yurthub SIGKILLed ``--kills`` times in a storm of watch events
 and list replacements, its cache checked after every restart); it runs only when named.
 """
@@ -18,12 +20,12 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from bench import autonomy, crash, failover, flowcontrol, proxy_list
+from bench import autonomy, crash, failover, flowcontrol, proxy_list, soak
 from bench.results import RESULTS_PATH
 
 BENCHMARKS = ("proxy-list", "autonomy", "failover", "flowcontrol")
 #: Run only when named: a correctness check more than a measurement.
-ON_REQUEST = ("crash",)
+ON_REQUEST = ("crash", "soak")
 
 
 def _positive(text: str) -> float:
@@ -43,7 +45,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("benchmark", nargs="?", default=None, choices=BENCHMARKS + ON_REQUEST,
                         help="which benchmark to run (default: all, in this order)")  # fmt: skip
     parser.add_argument("--duration", type=_positive, default=None,
-                        help="seconds of measurement per configuration (default 10, 3 with --quick)")  # fmt: skip
+                        help="seconds of measurement per configuration (default 10, 3 with --quick; "
+                        "soak: 300, 30 with --quick)")  # fmt: skip
     parser.add_argument("--connections", type=int, default=16,
                         help="concurrent keep-alive connections wrk holds open (default 16; autonomy's "
                         "10,000-pod list uses 4)")  # fmt: skip
@@ -65,8 +68,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--up", type=_positive, default=None,
                         help="failover: seconds of load after its restart (default 10, 9 with --quick; "
                         "longer than 1.5 x --return-grace to see watches come back)")  # fmt: skip
-    parser.add_argument("--watches", type=int, default=20,
-                        help="failover: watches open through each proxy (default 20)")  # fmt: skip
+    parser.add_argument("--watches", type=int, default=None,
+                        help="failover: watches open through each proxy (default 20); soak: watches "
+                        "held open (default 500)")  # fmt: skip
+    parser.add_argument("--rate", type=_positive, default=200.0,
+                        help="soak: GETs per second (default 200)")  # fmt: skip
     parser.add_argument("--return-grace", type=_positive, default=5.0,
                         help="failover: yurthub's healthCheck.returnGraceSeconds (default 5)")  # fmt: skip
     parser.add_argument("--kills", type=int, default=20,
@@ -80,6 +86,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--keep-temp", action="store_true",
                         help="keep the temp dir (configs, logs, cache) for inspection")  # fmt: skip
     args = parser.parse_args(argv)
+    args.soak_duration = args.duration or (30.0 if args.quick else 300.0)
+    args.soak_watches = 500 if args.watches is None else args.watches
+    if args.watches is None:
+        args.watches = 20
     if args.duration is None:
         args.duration = 3.0 if args.quick else 10.0
     if args.connections < 1:
@@ -106,6 +116,17 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 
 def _run_one(name: str, args: argparse.Namespace) -> int:
+    if name == "soak":
+        return soak.run(
+            soak.Settings(
+                duration=args.soak_duration,
+                watches=args.soak_watches,
+                rate=args.rate,
+                settle=100.0,
+                results_path=args.results,
+                keep_temp=args.keep_temp,
+            )
+        )
     if name == "crash":
         return crash.run(
             crash.Settings(
