@@ -4,7 +4,8 @@
 200 when every readiness check holds, else 503 with one line per check saying which failed
 and why (``?verbose`` lists the passing ones too). ``GET /metrics`` is the Prometheus text
 exposition of the process's registry. ``POST /v1/token`` gives the certificate manager a new
-bootstrap token. ``PUT /v1/cluster`` moves the node to another cluster (loopback callers only).
+bootstrap token and ``PUT /v1/cluster`` moves the node to another cluster: both answer
+loopback callers only (403 otherwise), whatever address the listener is bound to.
 """
 
 from __future__ import annotations
@@ -141,7 +142,8 @@ class Flag:
 class TokenPage(Resource):
     """``POST /v1/token`` with ``{"bootstrapToken": "<id>.<secret>"}`` (OpenYurt's
     ``{"jointoken": ...}`` accepted too): a new bootstrap token for the certificate manager.
-    200 when taken, 400 with the reason when it is malformed, 404 without a manager."""
+    200 when taken, 400 with the reason when it is malformed, 404 without a manager, 403
+    for a caller not on loopback (a token lets its holder join the cluster as a node)."""
 
     isLeaf = True
 
@@ -151,6 +153,8 @@ class TokenPage(Resource):
         self.certificates = certificates
 
     def render_POST(self, request: Request) -> bytes:  # noqa: N802
+        if not from_loopback(request):
+            return _plain(request, 403, "POST /v1/token is accepted from loopback only")
         if self.certificates is None:
             return _plain(request, 404, "the certificate manager is not running (certificates.certFile is set)")
         try:
