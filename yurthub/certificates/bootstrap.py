@@ -257,7 +257,7 @@ class _UnverifiedTLS:
     """TLS that accepts any server certificate: only for the first, signature-checked read."""
 
     def __init__(self, hostname: str) -> None:
-        self._options = ssl.CertificateOptions(verify=False)
+        self._options = ssl.CertificateOptions(verify=False, raiseMinimumTo=ssl.TLSVersion.TLSv1_2)
         is_ip = isIPAddress(hostname) or isIPv6Address(hostname)
         self._server_name = None if is_ip else hostname.encode("idna")
 
@@ -458,7 +458,11 @@ async def discover(
     info = verify_cluster_info(insecure, token)
     _check_pins(info, normal_pins, unsafe_skip_ca_verification)
 
-    verified_creator = ssl.optionsForClientTLS(host, trustRoot=_trust_root(info.ca_pem))
+    verified_creator = ssl.optionsForClientTLS(
+        host,
+        trustRoot=_trust_root(info.ca_pem),
+        extraCertificateOptions={"raiseMinimumTo": ssl.TLSVersion.TLSv1_2},
+    )
     secure = await _fetch(reactor, url, verified_creator, timeout)
     data = secure.get("data")
     kubeconfig = data.get("kubeconfig") if isinstance(data, dict) else None
