@@ -550,6 +550,26 @@ def describe(config: Config) -> Sequence[str]:
     ]
     for name in ("proxy", "secure_proxy", "hub"):
         value = getattr(config.listen, name)
-        if value and "interface=127." not in value and "interface=\\:\\:1" not in value:
+        if value and not _loopback_only(value):
             warnings.append(f"listen.{camel(name)} {value!r} is not bound to loopback")
     return warnings
+
+
+def _loopback_only(description: str) -> bool:
+    """Whether a listener endpoint can be reached from this node only: a TCP or SSL one
+    bound to a loopback address (``interface=127.0.0.1``, ``interface=\\:\\:1``), or a
+    UNIX socket. No ``interface=`` means every address."""
+    import ipaddress
+
+    parts = [p.replace("\\:", ":") for p in re.split(r"(?<!\\):", description)]
+    if parts[0] == "unix":
+        return True
+    for part in parts[1:]:
+        if part.startswith("interface="):
+            try:
+                ip = ipaddress.ip_address(part[len("interface=") :])
+            except ValueError:
+                return False
+            mapped = getattr(ip, "ipv4_mapped", None)
+            return ip.is_loopback or (mapped is not None and mapped.is_loopback)
+    return False
