@@ -175,7 +175,7 @@ class Clients:
             n += 1
             try:
                 code, _ = http_get(f"http://127.0.0.1:{self._port}{path}", headers=KUBELET)
-            except OSError:
+            except Exception:  # noqa: BLE001 - a killed yurthub cuts answers short in many ways
                 code = 0
             if code == 200:
                 self.lists_ok += 1
@@ -277,13 +277,20 @@ class CrashRun:
         self.cloud: Child | None = None
         self.yurthub: Child | None = None
         self.clients = Clients(self.proxy_port)
+        self.rounds: list[Round] = []
         self._starts = 0
 
     def close(self) -> None:
-        self.clients.stop()
-        for child in (self.yurthub, self.cloud):
-            if child is not None:
-                child.stop()
+        """Stop the clients and processes; a second Ctrl-C or SIGTERM meanwhile waits."""
+        stopping = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP}
+        previous = signal.pthread_sigmask(signal.SIG_BLOCK, stopping)
+        try:
+            self.clients.stop()
+            for child in (self.yurthub, self.cloud):
+                if child is not None:
+                    child.stop()
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, previous)
         if self.settings.keep_temp:
             print(f"bench crash: kept {self.temp}", file=sys.stderr)
         else:
@@ -428,6 +435,7 @@ class CrashRun:
         return r
 
     def run(self) -> list[Round]:
+        """Every round, into `rounds` as they end."""
         s = self.settings
         rng = random.Random(s.seed)
         self.start_cloud()
@@ -438,12 +446,11 @@ class CrashRun:
             if time.monotonic() > deadline:
                 raise ChildFailed("yurthub did not cache the first list in time")
             time.sleep(0.05)
-        rounds = []
         for kill in range(1, s.kills + 1):
             r = self.one_round(kill, rng.uniform(*s.kill_window))
             self.say(format_round(r))
-            rounds.append(r)
-        return rounds
+            self.rounds.append(r)
+        return self.rounds
 
 
 def _text(path: Path) -> str:
@@ -490,16 +497,15 @@ def run(settings: Settings, say: Callable[[str], None] = print) -> int:
     """Run, print the table and the summary, save the report; 0 if every property held,
     1 if one did not or the run could not go on, 130 when interrupted."""
     crash = CrashRun(settings, say)
-    rounds: list[Round] = []
+    rounds = crash.rounds
     error = ""
     try:
         with signals_interrupt():
             say(HEADER)
-            rounds = crash.run()
+            crash.run()
     except KeyboardInterrupt:
-        crash.close()
-        return 130
-    except (ChildFailed, OSError, ValueError) as e:
+        error = "interrupted"
+    except Exception as e:  # noqa: BLE001 - reported, and the processes still stopped
         error = f"{type(e).__name__}: {e}"
         say(f"bench crash: could not go on: {error}")
         if crash.yurthub is not None:
@@ -517,4 +523,6 @@ def run(settings: Settings, say: Callable[[str], None] = print) -> int:
             "error": error,
         }
         save_results(settings.results_path, report)
+    if error == "interrupted":
+        return 130
     return 1 if error or any(r.problems for r in rounds) else 0
