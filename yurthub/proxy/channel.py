@@ -9,7 +9,8 @@ twisted.web drops a connection whose request line or header line passes 16 KB wi
 word, and answers other oversized heads with a bare ``400``. `LimitedHTTPChannel` answers
 with a Kubernetes ``Status`` and closes instead: 414 for a request line over
 ``maxRequestLineBytes``, 431 for a head over ``maxHeaderBytes`` or with more than
-``maxHeaders`` fields, 400 for a malformed one. It also gives a request head
+``maxHeaders`` fields, 413 for a body over 3 MiB (kube-apiserver's own limit), 400 for a
+malformed one. It also gives a request head
 ``requestHeadTimeoutSeconds`` to arrive once its first byte is in: the channel's idle
 timeout restarts at every byte, so a client sending one byte every few seconds (slowloris)
 would otherwise hold its connection forever; such a client gets 408 and is cut.
@@ -40,11 +41,14 @@ class ChannelLimits:
     max_header_bytes: int = 64 * 1024
     max_headers: int = 100
     head_timeout: float = 10.0
+    #: kube-apiserver's own limit on a request body (``--max-request-bytes``, 3 MiB).
+    max_body_bytes: int = 3 * 1024 * 1024
 
 
 _MESSAGES = {
     400: "the request could not be parsed",
     408: "the request head did not arrive in time",
+    413: "the request body is larger than this node's yurthub accepts",
     414: "the request line is longer than this node's yurthub accepts",
     431: "the request headers are larger than this node's yurthub accepts",
 }
@@ -55,6 +59,7 @@ class LimitedHTTPChannel(HTTPChannel):
 
     _refused = False
     _head_timer: Any = None
+    _body_bytes = 0
 
     def connectionMade(self) -> None:  # noqa: N802
         limits: ChannelLimits = self.site.limits  # type: ignore[attr-defined]
@@ -105,7 +110,23 @@ class LimitedHTTPChannel(HTTPChannel):
 
     def allHeadersReceived(self) -> None:  # noqa: N802
         self._cancel_head_timer()
+        # twisted.web would spool any body, however large, to a temporary file.
+        if self.length is not None and self.length > self._limits.max_body_bytes:
+            self._refuse(413, "too_big")
+            return
+        self._body_bytes = 0
         super().allHeadersReceived()
+
+    def rawDataReceived(self, data: bytes) -> None:  # noqa: N802
+        if self._refused:
+            return
+        if not self._handlingRequest and self._transferDecoder is not None:
+            # A chunked body has no length up front: count it as it comes (framing included).
+            self._body_bytes += len(data)
+            if self._body_bytes > self._limits.max_body_bytes + 64 * 1024:
+                self._refuse(413, "too_big")
+                return
+        super().rawDataReceived(data)
 
     def _respondToBadRequestAndDisconnect(self) -> None:  # noqa: N802 - Twisted's name
         self._refuse(400, None)
