@@ -66,7 +66,7 @@ class ProxyMetrics:
         )
         self.cache_errors = Counter(
             "yurthub_cache_errors",
-            "Answers or events that could not be cached, by kind (decode, store).",
+            "Answers or events that could not be cached, by kind (decode, store, too_large).",
             ["kind"],
             registry=r,
         )

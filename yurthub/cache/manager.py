@@ -507,8 +507,10 @@ class WholeTee(ResponseTee):
             return
         self._size += len(data)
         if self._size > MAX_CACHED_BODY:
+            # Relayed whole to the client, but not held for the cache: counted instead.
             self.active = False
             self._chunks = []
+            self.manager.count_error("too_large")
             return
         self._chunks.append(data)
 
@@ -570,6 +572,8 @@ class WatchTee(ResponseTee):
         self._partial = lines.pop()
         if len(self._partial) > MAX_EVENT_LINE:
             self.active = False
+            self._partial = b""
+            self.manager.count_error("too_large")
             return
         for line in lines:
             if not line.strip():
