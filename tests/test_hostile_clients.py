@@ -41,7 +41,7 @@ from yurthub.proxy.remote import _UNSAFE_TARGET
 from yurthub.service import YurtHub
 from yurthub.testing.memory_store import MemoryObjectStore
 
-#: Examples per property; four properties below (10,000 cases), and 200 oversized heads.
+#: Examples per property; four properties below (10,000 cases), and 120 oversized heads or bodies.
 EXAMPLES = 2500
 
 CACHE_DIR = "/nonexistent/yurthub-fuzz-cache"
@@ -476,13 +476,16 @@ class OnlineFuzzTests(SynchronousTestCase):
 
 
 class OversizedHeadTests(SynchronousTestCase):
-    """Heads over the limits get 414/431 with a Status, whatever bytes fill them."""
+    """Heads and bodies over the limits get 414/431/413 with a Status, whatever bytes fill them."""
 
-    @settings(max_examples=200, deadline=None, derandomize=True, database=None, suppress_health_check=list(HealthCheck))
+    def setUp(self) -> None:
+        self.harnesses = {online: _Harness(self, online=online) for online in (False, True)}
+
+    @settings(max_examples=120, deadline=None, derandomize=True, database=None, suppress_health_check=list(HealthCheck))
     @given(_oversized(), st.booleans())
-    def test_oversized_heads_get_414_or_431(self, case: tuple[bytes, int], online: bool) -> None:
+    def test_oversized_heads_and_bodies_get_414_431_or_413(self, case: tuple[bytes, int], online: bool) -> None:
         raw, code = case
-        harness = _Harness(self, online=online)
+        harness = self.harnesses[online]
         exchange = harness.send(raw)
         self.assertEqual(exchange.code, code, exchange.output[:200])
         harness.check(self, raw[:200], exchange)
