@@ -423,6 +423,9 @@ class YurtHub(MultiService):
                 listener.listening.errback(failure)
                 listener.listening.addErrback(lambda _: None)
         if IReactorCore.providedBy(self.reactor) and self.reactor.running:
+            # Exit status 1 once the reactor has shut down, so systemd's Restart=on-failure
+            # (and an operator's shell) sees a failure; twistd itself would exit 0.
+            self.reactor.addSystemEventTrigger("after", "shutdown", os._exit, 1)
             self.reactor.stop()
 
     def _loaded(self, _: object) -> None:
