@@ -133,6 +133,7 @@ class Exchange:
     def __init__(self, hub: YurtHub, reactor: MemoryReactorClock, raw: bytes) -> None:
         protocol = hub.proxy_site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 40000))
         transport = StringTransport()
+        connects = len(reactor.tcpClients)
         protocol.makeConnection(transport)
         protocol.dataReceived(raw)
         reactor.advance(0)
@@ -141,6 +142,9 @@ class Exchange:
             output = output.partition(b"\r\n\r\n")[2]
         self.output = output
         self.closed = transport.disconnecting or getattr(transport, "disconnected", False)
+        #: An upgrade (exec, attach) is spliced over a connection of its own to the cloud,
+        #: which a memory reactor never completes: the request waits for it, rightly.
+        self.connecting = len(reactor.tcpClients) > connects
         protocol.connectionLost(ConnectionDone())
         reactor.advance(0)
 
@@ -211,8 +215,8 @@ class _Harness:
         code = exchange.code
         what = f"{raw[:300]!r} -> {exchange.output[:400]!r}"
         if code is None:
-            if not exchange.output and not exchange.closed and _awaits_body(raw):
-                return  # the head promised a body that has not come: nothing to answer yet
+            if not exchange.output and not exchange.closed and (_awaits_body(raw) or exchange.connecting):
+                return  # a body promised has not come, or the cloud is being connected to
             test.fail(f"no response head: {what}")
         assert code is not None
         test.assertNotEqual(code, 500, what)
