@@ -463,7 +463,7 @@ class BadRequestTests(ProxyTestCase):
 
     async def test_agent_refuses_an_unsafe_target_with_a_status(self) -> None:
         await self.start()
-        agent = self.hub.remote.agent_for(self._request_stub())
+        agent = self.hub.remote.node_agent
         with self.assertRaises(ValueError):
             await agent.request_to(self.hub.backends[0], b"GET", b"/api/v1/pods?x=\x01", Headers(), None)
 

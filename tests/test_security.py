@@ -398,3 +398,48 @@ class NoSecretsInLogsTests(CertificateCloud):
                         self.assertEqual(stat.S_IMODE(os.stat(path).st_mode), 0o600, path)
         self.assertEqual(stat.S_IMODE(os.stat(self.pki_dir).st_mode), 0o700)
         self.flushLoggedErrors()
+
+
+class IdentityTests(TestCase):
+    """Only node components on the loopback listener go up as the node."""
+
+    async def test_a_request_without_a_token_on_the_https_listener_goes_up_anonymous(self) -> None:
+        import os
+
+        from twisted.internet import utils
+
+        from tests.support import fetch, start_hub
+        from yurthub.testing.apiserver import SimulatedAPIServer
+        from yurthub.testing.pki import TestPKI
+        from yurthub.upstream.tls import FileCredentials
+
+        pki = TestPKI()
+        cloud = SimulatedAPIServer(reactor, tls=pki, seed=True)
+        await cloud.start("tcp:0:interface=127.0.0.1")
+        self.addCleanup(cloud.stop)
+        cert, key = pki.issue_client("system:node:edge-1", ["system:nodes"])
+        serving_cert, serving_key = pki.issue_server(hosts=["127.0.0.1", "localhost"])
+        directory = os.path.abspath(self.mktemp())
+        os.makedirs(directory)
+        files = pki.write_files(directory, name="serving", cert_pem=serving_cert, key_pem=serving_key)
+        hub = await start_hub(
+            self,
+            [cloud.url],
+            credentials=FileCredentials(pki.ca_cert_pem, cert, key),
+            listen={"proxy": "tcp:0:interface=127.0.0.1", "secureProxy": "tcp:0:interface=127.0.0.1", "hub": ""},
+            certificates={"servingCertFile": files["cert"], "servingKeyFile": files["key"]},
+        )
+        path = "/api/v1/namespaces/default/configmaps"
+
+        def last_user() -> str | None:
+            return [r.user for r in cloud.requests if r.path.startswith(path)][-1]
+
+        await fetch(self, b"GET", f"http://127.0.0.1:{hub.port_of('listen.proxy')}{path}", {b"user-agent": [b"kubelet/v1.31.0"]})
+        self.assertEqual(last_user(), "system:node:edge-1")
+        secure = f"https://localhost:{hub.port_of('listen.secureProxy')}{path}"
+        for extra, user in (([], None), (["-H", "Authorization: Bearer pod-token"], "token:pod-token")):
+            _, err, code = await utils.getProcessOutputAndValue(
+                "/usr/bin/curl", ["-sS", "--cacert", files["ca"], *extra, secure], reactor=reactor
+            )
+            self.assertEqual(code, 0, err)
+            self.assertEqual(last_user(), user)  # a pod is never taken for the node

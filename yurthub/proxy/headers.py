@@ -67,3 +67,11 @@ def request_target(request: IRequest) -> bytes:
         path_start = uri.find(b"/", scheme_end + 3)
         return uri[path_start:] if path_start != -1 else b"/"
     return b"/" + uri
+
+
+def presents_node(request: IRequest) -> bool:
+    """Whether a request goes up with the node's client certificate: only one without a
+    bearer token that came in on the plain loopback listener (node components such as
+    kubelet). On the HTTPS listener, the one pods reach, a request without a token goes up
+    without the certificate, i.e. anonymous: a pod must never be taken for the node."""
+    return not has_bearer_token(request.requestHeaders) and not request.isSecure()

@@ -42,7 +42,7 @@ from yurthub.cache.manager import CacheManager, ResponseTee
 from yurthub.filters.chain import FilterChain, FilterError, RequestFilters
 from yurthub.interfaces import IAttempts, IFailoverFactory
 from yurthub.metrics import ProxyMetrics
-from yurthub.proxy.headers import has_bearer_token, request_target, strip_hop_by_hop
+from yurthub.proxy.headers import presents_node, request_target, strip_hop_by_hop
 from yurthub.proxy.status import abort_client, finish_with_status
 from yurthub.requestinfo import RequestInfo
 from yurthub.upstream.backends import Backend
@@ -487,7 +487,7 @@ class RemoteProxy:
         counter.inc()
 
     def agent_for(self, request: Request) -> BackendAgent:
-        return self._token_agent if has_bearer_token(request.requestHeaders) else self._node_agent
+        return self._token_agent if not presents_node(request) else self._node_agent
 
 
 def _failure_kind(failure: Failure) -> str:

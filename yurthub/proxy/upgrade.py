@@ -22,7 +22,7 @@ from twisted.web.server import Request
 
 from yurthub.interfaces import IFailoverFactory
 from yurthub.metrics import ProxyMetrics
-from yurthub.proxy.headers import has_bearer_token, request_target, strip_hop_by_hop
+from yurthub.proxy.headers import presents_node, request_target, strip_hop_by_hop
 from yurthub.proxy.status import finish_with_status
 from yurthub.requestinfo import RequestInfo
 from yurthub.upstream.backends import Backend
@@ -150,7 +150,7 @@ class UpgradeSplicer:
         if backend is None:
             on_unavailable(request, info, "no healthy cloud backend for an upgrade request")
             return
-        factory = self._token_endpoints if has_bearer_token(request.requestHeaders) else self._node_endpoints
+        factory = self._node_endpoints if presents_node(request) else self._token_endpoints
         body = b""
         if request.content is not None:
             request.content.seek(0)
