@@ -28,6 +28,7 @@ from yurthub.cache.keys import GVR, CacheKey, InvalidKey, check_component
 from yurthub.cache.store import ListItems, peek_resource_version
 from yurthub.interfaces import IObjectStore
 from yurthub.kube.selectors import FieldSelector, LabelSelector, SelectorError, field_paths
+from yurthub.lines import LineBuffer
 from yurthub.metrics import ProxyMetrics
 from yurthub.requestinfo import RequestInfo
 
@@ -562,17 +563,15 @@ class WatchTee(ResponseTee):
 
     def __init__(self, manager: CacheManager, info: RequestInfo) -> None:
         super().__init__(manager, info)
-        self._partial = b""
+        self._lines = LineBuffer()
 
     def feed(self, data: bytes) -> None:
         if not self.active:
             return
-        buffered = self._partial + data
-        lines = buffered.split(b"\n")
-        self._partial = lines.pop()
-        if len(self._partial) > MAX_EVENT_LINE:
+        lines = self._lines.feed(data)
+        if self._lines.size > MAX_EVENT_LINE:
             self.active = False
-            self._partial = b""
+            self._lines.clear()
             self.manager.count_error("too_large")
             return
         for line in lines:

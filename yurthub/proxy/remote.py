@@ -41,6 +41,7 @@ from zope.interface import implementer
 from yurthub.cache.manager import CacheManager, ResponseTee
 from yurthub.filters.chain import FilterChain, FilterError, RequestFilters
 from yurthub.interfaces import IAttempts, IFailoverFactory
+from yurthub.lines import LineBuffer
 from yurthub.metrics import ProxyMetrics
 from yurthub.proxy.headers import presents_node, request_target, strip_hop_by_hop
 from yurthub.proxy.status import abort_client, finish_with_status
@@ -242,15 +243,14 @@ class FilteredWatchRelay(ResponseRelay):
         super().__init__(request, on_bytes, tee, watch=True)
         self._stage = stage
         self._info = info
-        self._partial = b""
+        self._lines = LineBuffer()
 
     def dataReceived(self, data: bytes) -> None:  # noqa: N802
         if self.client_gone:
             return
         self._on_bytes(len(data))
-        lines = (self._partial + data).split(b"\n")
-        self._partial = lines.pop()
-        if len(self._partial) > MAX_FILTERED_BODY:
+        lines = self._lines.feed(data)
+        if self._lines.size > MAX_FILTERED_BODY:
             _log.warn("a watch event of {uri} is too large to filter; aborting", uri=self.request.uri)
             self.cut(cleanly=False)
             return
@@ -264,7 +264,7 @@ class FilteredWatchRelay(ResponseRelay):
                 return
             if filtered:
                 out.append(filtered + b"\n")
-        self.at_line_end = not self._partial
+        self.at_line_end = not self._lines.size
         if out:
             body = b"".join(out)
             self.request.write(body)
