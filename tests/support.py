@@ -7,6 +7,7 @@ sees a clean reactor after each test.
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -132,3 +133,14 @@ def sleep(seconds: float) -> defer.Deferred[None]:
     d: defer.Deferred[None] = defer.Deferred()
     reactor.callLater(seconds, d.callback, None)  # type: ignore[attr-defined]
     return d
+
+
+async def wait_until(check: Callable[[], Any], timeout: float = 15.0, what: str = "", every: float = 0.01) -> float:
+    """Poll ``check`` every ``every`` seconds until it holds; returns the seconds it took,
+    fails after ``timeout`` naming ``what``."""
+    started = time.monotonic()
+    while not check():
+        if time.monotonic() - started > timeout:
+            raise AssertionError(f"not within {timeout} s: {what or check}")
+        await sleep(every)
+    return time.monotonic() - started

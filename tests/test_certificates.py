@@ -21,7 +21,7 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web.client import Agent, HTTPConnectionPool, readBody
 from twisted.web.http_headers import Headers
 
-from tests.support import fetch, raw_connect, sleep, start_hub
+from tests.support import fetch, raw_connect, sleep, start_hub, wait_until
 from yurthub.certificates.bootstrap import ca_pin
 from yurthub.certificates.csr import build_csr, new_private_key
 from yurthub.certificates.pki import CertificateStore, Credential
@@ -39,13 +39,6 @@ TOKEN = "abcdef.0123456789abcdef"
 PODS = "/api/v1/namespaces/default/pods"
 KUBELET = {b"user-agent": [b"kubelet/v1.31.0"], b"accept": [b"application/json"]}
 
-
-async def wait_until(check: Any, timeout: float = 10.0, what: str = "") -> None:
-    started = time.monotonic()
-    while not check():
-        if time.monotonic() - started > timeout:
-            raise AssertionError(f"not within {timeout} s: {what}")
-        await sleep(0.05)
 
 
 class CertificateCloud(TestCase):

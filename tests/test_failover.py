@@ -22,7 +22,7 @@ from twisted.web.client import Agent, HTTPConnectionPool, readBody
 from twisted.web.http_headers import Headers
 from zope.interface import implementer
 
-from tests.support import fetch, raw_connect, sleep, start_hub
+from tests.support import fetch, raw_connect, sleep, start_hub, wait_until
 from yurthub.proxy.remote import BackendAgent, make_pool, parse_go_duration, request_deadline
 from yurthub.testing.apiserver import SimulatedAPIServer
 from yurthub.testing.pki import TestPKI
@@ -45,15 +45,6 @@ def served(cloud: SimulatedAPIServer, path: str = PODS) -> int:
     """How many requests for ``path`` (any query) the cloud received."""
     return sum(1 for r in cloud.requests if r.path.split("?", 1)[0] == path)
 
-
-async def wait_until(check: Any, timeout: float = 5.0, what: str = "") -> float:
-    """Poll ``check`` every 10 ms; returns the seconds it took, fails after ``timeout``."""
-    started = time.monotonic()
-    while not check():
-        if time.monotonic() - started > timeout:
-            raise AssertionError(f"not within {timeout} s: {what or check}")
-        await sleep(0.01)
-    return time.monotonic() - started
 
 
 class Clouds(TestCase):

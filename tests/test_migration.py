@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import time
 from typing import Any
 
 from twisted.internet import reactor
@@ -20,7 +19,7 @@ from twisted.web.client import Agent, HTTPConnectionPool, readBody
 from twisted.web.http_headers import Headers
 from twisted.web.test.requesthelper import DummyRequest
 
-from tests.support import fetch, raw_connect, sleep, start_hub
+from tests.support import fetch, raw_connect, sleep, start_hub, wait_until
 from yurthub.certificates.bootstrap import ca_pin
 from yurthub.config import ListenConfig, parse_config
 from yurthub.hub import ClusterPage, from_loopback
@@ -34,13 +33,6 @@ TOKEN_B = "bbbbbb.0123456789abcdef"
 CONFIGMAP = "/api/v1/namespaces/default/configmaps/where"
 KUBELET = {b"user-agent": [b"kubelet/v1.31.0"], b"accept": [b"application/json"]}
 
-
-async def wait_until(check: Any, timeout: float = 15.0, what: str = "") -> None:
-    started = time.monotonic()
-    while not check():
-        if time.monotonic() - started > timeout:
-            raise AssertionError(f"not within {timeout} s: {what}")
-        await sleep(0.05)
 
 
 class TwoClusters(TestCase):
