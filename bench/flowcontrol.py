@@ -67,7 +67,7 @@ YURTHUB_TIMEOUT = 30.0
 CONNECT_TIMEOUT = 10.0
 HELD_TIMEOUT = 10.0
 #: Connections opened at once before waiting for yurthub to hold them: below its listen
-#: backlog (Twisted's default, 50), so none is left queued in the kernel unaccepted.
+#: backlog (1024 for the proxy listeners; 50 before that change), so none waits unaccepted.
 CONNECT_BATCH = 25
 #: After a burst, how long the cloud may take to finish what it holds beyond the delay.
 DRAIN_SLACK = 30.0

@@ -265,11 +265,11 @@ class MigrationTests(TwoClusters):
         self.addCleanup(reloader.stopService)
         # Unchanged cluster keys, one other key changed: nothing migrates.
         write(self.a.url, TOKEN_A, pin(self.a), "loadBalancing: priority\n")
-        self.assertIsNone(reloader.reload())
+        self.assertIsNone(await reloader.reload())
         # A file that does not validate changes nothing.
         with open(path, "w") as f:
             f.write("servers: nope\n")
-        self.assertIsNone(reloader.reload())
+        self.assertIsNone(await reloader.reload())
         # B's keys and a real SIGHUP.
         write(self.b.url, TOKEN_B, pin(self.b))
         os.kill(os.getpid(), signal.SIGHUP)

@@ -17,6 +17,8 @@ import tempfile
 from typing import Any
 
 from twisted.application.service import IService, MultiService, Service
+from twisted.internet import defer, threads
+from twisted.logger import Logger
 from twisted.python import usage
 
 from yurthub import logs
@@ -35,6 +37,8 @@ M_MMAP_THRESHOLD = -3
 #: Fixed here, the threshold stops moving; 4 MiB keeps a list answer's per-request copies
 #: (hundreds of KB) in the heap, where they cost no page faults.
 MMAP_THRESHOLD = 4 * 1024 * 1024
+
+_log = Logger()
 
 
 class Options(usage.Options):
@@ -173,21 +177,26 @@ class ConfigReloader(Service):
             self._previous = None
 
     def _hangup(self, signum: int, frame: Any) -> None:
-        self._reactor.callFromThread(self.reload)
+        self._reactor.callFromThread(self._reload_logged)
 
-    def reload(self) -> Any:
-        """Read the file again and act on it; returns the migration's Deferred, if any."""
-        from twisted.logger import Logger
+    def _reload_logged(self) -> None:
+        self.reload().addErrback(lambda f: _log.failure("config reload failed", f))
 
-        log = Logger()
-        try:
-            config = load_config(self._path, self._overrides, required=self._required)
-        except ConfigError as e:
-            log.error("config reload: {err}; nothing changed", err=str(e))
-            return None
+    def reload(self) -> defer.Deferred[Any]:
+        """Read the file again (in a thread: no disk work on the reactor) and act on it;
+        fires with the migration's result, or None when nothing is to be done."""
+        d = threads.deferToThread(load_config, self._path, self._overrides, required=self._required)
+        d.addCallbacks(self._reloaded, self._invalid)
+        return d
+
+    def _invalid(self, failure: Any) -> None:
+        failure.trap(ConfigError)
+        _log.error("config reload: {err}; nothing changed", err=failure.getErrorMessage())
+
+    def _reloaded(self, config: Config) -> Any:
         migration = getattr(self._hub, "migration", None)
         if migration is None:
-            log.warn("config reload: nothing can change without a restart (certificates are not managed by yurthub)")
+            _log.warn("config reload: nothing can change without a restart (certificates are not managed by yurthub)")
             return None
         return migration.reload(config)
 

@@ -515,12 +515,19 @@ class WholeTee(ResponseTee):
             return
         self._chunks.append(data)
 
-    def finish(self) -> None:
+    def _take_body(self) -> bytes | None:
+        """The whole body, once, freeing the chunks (None if the tee went quiet)."""
         if not self.active:
-            return
+            return None
         self.active = False
         body = b"".join(self._chunks)
         self._chunks = []
+        return body
+
+    def finish(self) -> None:
+        body = self._take_body()
+        if body is None:
+            return
         manager, info = self.manager, self.info
         if info.verb == "list" and manager.list_unchanged(info, body):
             return
@@ -616,11 +623,9 @@ class DocumentTee(WholeTee):
         self.name = name
 
     def finish(self) -> None:
-        if not self.active:
+        body = self._take_body()
+        if body is None:
             return
-        self.active = False
-        body = b"".join(self._chunks)
-        self._chunks = []
         try:
             json.loads(body)
         except ValueError:

@@ -79,12 +79,7 @@ class HealthChecker:
         their probes under way are dropped and their ``yurthub_backend_healthy`` series
         removed; the new ones are probed at once if the checker is running."""
         running = bool(self._loops)
-        for loop in self._loops.values():
-            if loop.running:
-                loop.stop()
-        self._loops = {}
-        for d in list(self._pending):
-            d.cancel()
+        self._stop_loops()
         for backend in self.backends:
             try:
                 self._metrics.backend_healthy.remove(backend.url)
@@ -101,13 +96,17 @@ class HealthChecker:
 
     def stop(self) -> defer.Deferred[object]:
         """Stop probing and close the probe connections."""
+        self._stop_loops()
+        return self.pool.closeCachedConnections()
+
+    def _stop_loops(self) -> None:
+        """End every backend's loop and drop the probes under way."""
         for loop in self._loops.values():
             if loop.running:
                 loop.stop()
         self._loops = {}
         for d in list(self._pending):
             d.cancel()
-        return self.pool.closeCachedConnections()
 
     @defer.inlineCallbacks
     def probe(self, backend: Backend):  # type: ignore[no-untyped-def]
