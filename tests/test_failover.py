@@ -213,9 +213,17 @@ class StreamsFollowHealthTests(Clouds):
         await wait_until(lambda: not hub.backends[0].healthy, what="cloud 0 unhealthy")
         watch = await self.watch()
         await wait_until(lambda: clouds[1].open_streams == 1, what="watch on cloud 1")
+        flipped: list[float] = []
+        on_change = hub.backends[0]._on_change
+
+        def noted(backend: Backend) -> None:  # the moment the grace starts counting
+            flipped.append(time.monotonic())
+            on_change(backend)
+
+        hub.backends[0]._on_change = noted
         clouds[0].set_healthy(True)
         await wait_until(lambda: hub.backends[0].healthy, what="cloud 0 healthy again")
-        back = time.monotonic()
+        back = flipped[-1]
         before = served(clouds[0])
         self.assertEqual((await self.get())[0], 200)
         self.assertEqual(served(clouds[0]), before + 1)  # new requests: at once
