@@ -28,7 +28,9 @@ setup(
         "prometheus_client>=0.20",
     ],
     extras_require={
-        "test": ["kubernetes>=29", "hypothesis>=6.100", "coverage>=7"],
+        "test": ["kubernetes>=29", "hypothesis>=6.100", "coverage>=7", "matplotlib>=3.8"],
+        # python -m bench: its chart (nginx and wrk come from apt; see bench/README.md).
+        "bench": ["matplotlib>=3.8"],
         "dev": ["mypy>=1.10", "mypy-zope>=1.0", "ruff>=0.5", "tox>=4", "types-PyYAML"],
     },
 )
