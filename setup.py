@@ -26,6 +26,8 @@ setup(
         "pyyaml>=6",
         "cryptography>=42",
         "prometheus_client>=0.20",
+        # llhttp's C parser for the proxy path's upstream answers (yurthub/upstream/http1.py).
+        "httptools>=0.6",
     ],
     extras_require={
         "test": ["kubernetes>=29", "hypothesis>=6.100", "coverage>=7", "matplotlib>=3.8"],

@@ -37,9 +37,9 @@ from twisted.web.iweb import UNKNOWN_LENGTH
 
 from tests.support import hub_config
 from yurthub.cache.keys import CacheKey
-from yurthub.proxy.remote import _UNSAFE_TARGET
 from yurthub.service import YurtHub
 from yurthub.testing.memory_store import MemoryObjectStore
+from yurthub.upstream.http1 import UNSAFE_TARGET
 
 #: Examples per property; four properties below (10,000 cases), and 120 oversized heads or bodies.
 EXAMPLES = 2500
@@ -98,7 +98,7 @@ class FakeUpstreamAgent:
 
     def request_to(self, backend: Any, method: bytes, target: bytes, headers: Headers, body: Any) -> Any:
         self.requests += 1
-        if _UNSAFE_TARGET.search(target):
+        if UNSAFE_TARGET.search(target):
             return defer.fail(ValueError(f"invalid request target {target!r}"))
         path = target.split(b"?", 1)[0]
         if b"watch=" in target or b"/watch/" in path:

@@ -1,7 +1,8 @@
 """The remote proxy: relays a request to a cloud backend and streams the answer back.
 
-Built on `twisted.web.client.Agent` with a persistent `HTTPConnectionPool` (one per
-credential kind, see `BackendEndpointFactory`). The response body is relayed by
+Built on `UpstreamClient` (`yurthub.upstream.http1`: pooled HTTP/1.1 connections parsed
+by llhttp), one per credential kind (see `BackendEndpointFactory`); `BackendAgent`, an
+`Agent`, serves yurthub's own calls to the cloud. The response body is relayed by
 `ResponseRelay`, which registers the upstream transport as the producer of the downstream
 request: a slow client pauses the upstream socket instead of filling memory, and every chunk
 (every watch event) is written to the client as soon as it arrives. A watch's response
@@ -48,6 +49,7 @@ from yurthub.proxy.status import abort_client, finish_with_status
 from yurthub.requestinfo import RequestInfo
 from yurthub.upstream.backends import Backend
 from yurthub.upstream.endpoints import BackendEndpointFactory
+from yurthub.upstream.http1 import UNSAFE_TARGET, UpstreamClient, UpstreamResponse
 
 _log = Logger()
 
@@ -128,15 +130,11 @@ class BackendAgent(Agent):
         uri = self._uris.get(backend)
         if uri is None:
             uri = self._uris[backend] = URI.fromBytes(backend.url_bytes + b"/")
-        if _UNSAFE_TARGET.search(target):
+        if UNSAFE_TARGET.search(target):
             return defer.fail(ValueError(f"invalid request target {target!r}"))
         endpoint = self._endpointFactory.endpoint_for(backend.scheme, backend.host, backend.port)
         key = (uri.scheme, uri.host, uri.port)
         return self._requestWithEndpoint(key, endpoint, method, uri, headers, body, target)  # type: ignore[no-any-return]
-
-
-#: What Twisted's Agent refuses in a URL (control characters and white space).
-_UNSAFE_TARGET = re.compile(rb"[\x00-\x20\x7f]")
 
 
 class ResponseRelay(Protocol):
@@ -369,9 +367,14 @@ class RemoteProxy:
         self.stand_in: Callable[[Request, RequestInfo], bool] | None = None
         #: The response filters (None: none configured); see `yurthub.filters`.
         self.filters: FilterChain | None = None
-        self.pools: list[HTTPConnectionPool] = []
+        self.pools: list[HTTPConnectionPool | UpstreamClient] = []
         self._node_agent = self._make_agent(node_endpoints, max_persistent_per_host, idle_timeout)
         self._token_agent = self._make_agent(token_endpoints, max_persistent_per_host, idle_timeout)
+        # The relayed requests go through the lean client; the agents serve yurthub's own
+        # calls to the cloud (certificates, the janitor, tokens, node pools).
+        self._node_client = UpstreamClient(reactor, node_endpoints, per_host=max_persistent_per_host, idle_timeout=idle_timeout)
+        self._token_client = UpstreamClient(reactor, token_endpoints, per_host=max_persistent_per_host, idle_timeout=idle_timeout)
+        self.pools += (self._node_client, self._token_client)
         self.bytes_down = metrics.bytes_proxied.labels("down")
         self.bytes_up = metrics.bytes_proxied.labels("up")
         self._sent: dict[Backend, Any] = {}
@@ -486,8 +489,8 @@ class RemoteProxy:
             counter = self._sent[backend] = self.metrics.backend_requests.labels(backend.url)
         counter.inc()
 
-    def agent_for(self, request: Request) -> BackendAgent:
-        return self._token_agent if not presents_node(request) else self._node_agent
+    def client_for(self, request: Request) -> UpstreamClient:
+        return self._token_client if not presents_node(request) else self._node_client
 
 
 def _failure_kind(failure: Failure) -> str:
@@ -554,7 +557,7 @@ class _Exchange:
         self.attempts = attempts
         self.on_unavailable = on_unavailable
         self.backend: Backend | None = None
-        self.pending: defer.Deferred[IResponse] | None = None
+        self.pending: defer.Deferred[UpstreamResponse] | None = None
         self.relay: ResponseRelay | None = None
         self.client_gone = False
         self._seq = 0  # the current attempt; outcomes of abandoned ones are ignored
@@ -593,15 +596,13 @@ class _Exchange:
     def attempt(self, backend: Backend) -> None:
         self._join(backend)
         self._seq += 1
-        producer = BytesProducer(self.body) if self.body is not None else None
-        if producer is not None:
-            self.proxy.bytes_up.inc(producer.length)
+        if self.body is not None:
+            self.proxy.bytes_up.inc(len(self.body))
         self.proxy.count_request(backend)
         started = self.proxy.reactor.seconds()
-        # Setting Host ourselves also spares the Agent a copy of the headers.
         self.headers.setRawHeaders(b"host", [backend.host_header])
-        self.pending = self.proxy.agent_for(self.request).request_to(
-            backend, self.request.method, self.target, self.headers, producer
+        self.pending = self.proxy.client_for(self.request).request_to(
+            backend, self.request.method, self.target, self.headers, self.body
         )
         self.pending.addCallbacks(
             self.got_response,
@@ -610,7 +611,7 @@ class _Exchange:
             errbackArgs=(backend, self._seq),
         )
 
-    def got_response(self, response: IResponse, started: float, seq: int) -> None:
+    def got_response(self, response: UpstreamResponse, started: float, seq: int) -> None:
         if seq != self._seq or self.client_gone:
             response.deliverBody(_Discard())
             return
