@@ -61,7 +61,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=2,
                         help="wrk threads (default 2; at most --connections)")  # fmt: skip
     parser.add_argument("--warmup", type=float, default=None,
-                        help="seconds of unmeasured load before each measurement (default 1, 0.5 with --quick)")  # fmt: skip
+                        help="seconds of unmeasured load before each measurement (default 1, 0.25 with --quick)")  # fmt: skip
     parser.add_argument("--rounds", type=int, default=None,
                         help="measure each configuration this many times, report the median (default 1; "
                         "flowcontrol: 3 of each limiter setting, interleaved, 1 with --quick)")  # fmt: skip
@@ -105,7 +105,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     if args.duration is None:
         args.duration = 1.5 if args.quick else 10.0
     if args.warmup is None:
-        args.warmup = 0.5 if args.quick else 1.0
+        args.warmup = 0.25 if args.quick else 1.0
     if args.chart is None:
         args.chart = args.results.with_name("results.png")
     if args.connections < 1:

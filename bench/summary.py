@@ -229,7 +229,9 @@ def build_summary(
             if row["verdict"] != NOT_MEASURED:
                 row["verdict"] = SMOKE
     machine = dict(measured["machine"]) if measured else proxy_report.machine_info()
-    machine["steal_percent_of_one_core"] = steal_percent
+    machine["steal_percent_of_one_core"] = (
+        None if steal_percent is None else round(steal_percent, 1)
+    )
     return {
         "benchmark": "summary",
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),

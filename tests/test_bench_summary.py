@@ -1,0 +1,162 @@
+"""Tests for `bench.summary` and `bench.chart`: the one table and chart of a whole run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from bench.chart import draw_chart
+from bench.summary import NOT_MEASURED, SMOKE, build_summary, summary_table
+
+#: Every row of a summary, in order: one per target of issue 9.
+ROW_KEYS = [
+    "online_list_rps",
+    "offline_small_rps",
+    "relay_events_per_second",
+    "offline_bulk_p50_ms",
+    "offline_bulk_p99_ms",
+    "rss_after_caching_mb",
+    "restart_first_list_seconds",
+    "failover_failed_requests",
+    "flowcontrol_overhead",
+]
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+_MACHINE = {"nproc": 2, "cpu": "test CPU", "python": "3.11", "twisted": "26.10.0"}
+_GIT = {"commit": "abc1234", "yurthub_sources_modified": False, "source": "/src"}
+
+
+def _autonomy_entry(key: str, yurthub: float, anchor: float | None, verdict: str) -> dict[str, Any]:
+    return {
+        "key": key,
+        "yurthub": yurthub,
+        "anchor": anchor,
+        "anchor_is": "nginx static, same bytes" if anchor else "",
+        "ratio": yurthub / anchor if anchor else None,
+        "verdict": verdict,
+        "note": "",
+    }
+
+
+def reports() -> dict[str, dict[str, Any]]:
+    """The parts of the four benchmarks' reports that the summary reads."""
+    common = {"machine": _MACHINE, "yurthub_git": _GIT}
+    return {
+        "proxy-list": {
+            **common,
+            "request": {"pods": 100},
+            "settings": {"connections": 16},
+            "rows": [
+                {"key": "nginx-proxy", "requests_per_second": 20_000.0},
+                {"key": "yurthub", "requests_per_second": 2_000.0},
+            ],
+            "yurthub_vs_nginx_proxy": {"ratio": 0.1, "verdict": "FAIL", "reason": "below target"},
+        },
+        "autonomy": {
+            **common,
+            "settings": {"pods": {"bulk": 10_000, "small": 100, "events": 1000}},
+            "summary": [
+                _autonomy_entry("offline_small_rps", 4_000.0, 10_000.0, "PASS"),
+                _autonomy_entry("offline_bulk_p50_ms", 100.0, 50.0, "-"),
+                _autonomy_entry("offline_bulk_p99_ms", 200.0, 80.0, "-"),
+                _autonomy_entry("relay_events_per_second", 14_000.0, 20_000.0, "PASS"),
+                _autonomy_entry("cache_converged_seconds", 0.8, None, "PASS"),
+                _autonomy_entry("rss_after_caching_mb", 91.0, None, "FAIL"),
+                _autonomy_entry("restart_first_list_seconds", 1.4, None, "FAIL"),
+            ],
+        },
+        "failover": {
+            **common,
+            "rows": [
+                {"key": "yurthub", "failed": 0, "requests": 30_000},
+                {"key": "nginx-stream", "failed": 8, "requests": 50_000},
+            ],
+            "verdicts": {"failed": {"value": 0, "target": 0, "verdict": "PASS"}},
+        },
+        "flowcontrol": {
+            **common,
+            "limiter_overhead": {
+                "summary": {
+                    "cpu_us_per_request": {"on": 400.0, "off": 390.0},
+                    "overhead_by_cpu_per_request": 0.025,
+                    "verdict": "PASS",
+                    "reason": "",
+                }
+            },
+        },
+    }
+
+
+def summary_of(measured: dict[str, Any], *, quick: bool = False) -> dict[str, Any]:
+    return build_summary(
+        measured, quick=quick, elapsed_s=61.0, durations_s={"proxy-list": 10.0}, steal_percent=3.2
+    )
+
+
+class BuildSummaryTests(SynchronousTestCase):
+    """`build_summary` gives one row per target, with the benchmarks' own verdicts."""
+
+    def test_one_row_per_target_in_order(self) -> None:
+        summary = summary_of(reports())
+        self.assertEqual([row["key"] for row in summary["rows"]], ROW_KEYS)
+
+    def test_rows_carry_figures_targets_and_verdicts(self) -> None:
+        rows = {row["key"]: row for row in summary_of(reports())["rows"]}
+        online = rows["online_list_rps"]
+        self.assertEqual(
+            (online["yurthub"], online["anchor"], online["value"]), (2_000.0, 20_000.0, 0.1)
+        )
+        self.assertEqual(online["target"], {"op": ">=", "value": 0.25})
+        self.assertEqual(online["verdict"], "FAIL")
+        self.assertEqual(rows["rss_after_caching_mb"]["target"], {"op": "<=", "value": 80.0})
+        self.assertEqual(rows["restart_first_list_seconds"]["target"], {"op": "<=", "value": 1.0})
+        self.assertEqual(rows["failover_failed_requests"]["anchor"], 8)
+        self.assertEqual(rows["flowcontrol_overhead"]["value"], 0.025)
+        self.assertIsNone(rows["offline_bulk_p50_ms"]["target"])
+
+    def test_quick_run_has_no_verdicts(self) -> None:
+        summary = summary_of(reports(), quick=True)
+        self.assertTrue(summary["quick"])
+        self.assertEqual({row["verdict"] for row in summary["rows"]}, {SMOKE})
+
+    def test_benchmark_that_did_not_measure_leaves_its_rows_not_measured(self) -> None:
+        measured: dict[str, Any] = dict(reports())
+        measured["autonomy"] = None
+        rows = summary_of(measured)["rows"]
+        self.assertEqual([row["key"] for row in rows], ROW_KEYS)
+        missing = [row for row in rows if row["verdict"] == NOT_MEASURED]
+        self.assertEqual(len(missing), 6)
+        self.assertTrue(all(row["value"] is None for row in missing))
+
+    def test_records_commit_machine_and_steal(self) -> None:
+        summary = summary_of(reports())
+        self.assertEqual(summary["yurthub_git"]["commit"], "abc1234")
+        self.assertEqual(summary["machine"]["nproc"], 2)
+        self.assertEqual(summary["machine"]["steal_percent_of_one_core"], 3.2)
+
+    def test_table_names_every_scenario(self) -> None:
+        summary = summary_of(reports())
+        text = summary_table(summary["rows"])
+        for row in summary["rows"]:
+            self.assertIn(row["scenario"], text)
+        self.assertIn("<= 80 MB", text)
+        self.assertIn("+2.5 %", text)
+
+
+class DrawChartTests(SynchronousTestCase):
+    """`draw_chart` writes a PNG, whatever the verdicts and missing rows."""
+
+    def test_writes_png(self) -> None:
+        path = Path(self.mktemp()) / "chart.png"
+        draw_chart(summary_of(reports()), path)
+        self.assertEqual(path.read_bytes()[:8], PNG_SIGNATURE)
+
+    def test_writes_png_with_rows_not_measured(self) -> None:
+        measured: dict[str, Any] = dict(reports())
+        measured["failover"] = None
+        path = Path(self.mktemp()) / "chart.png"
+        draw_chart(summary_of(measured, quick=True), path)
+        self.assertEqual(path.read_bytes()[:8], PNG_SIGNATURE)
