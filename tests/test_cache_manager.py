@@ -17,7 +17,7 @@ from twisted.web.test.requesthelper import DummyChannel
 
 from tests.offline_support import feed_answer, make_manager, pod, pod_list
 from yurthub.cache.keys import GVR, CacheKey
-from yurthub.cache.manager import accepts_json, decode_list
+from yurthub.cache.manager import accepts_json, decode_list, discovery_document_name
 from yurthub.cache.store import ListItems
 from yurthub.requestinfo import parse_request_info
 
@@ -300,3 +300,18 @@ class WatchEventCutTests(SynchronousTestCase):
             self.assertEqual(event["object"], obj)
             if data is not None:
                 self.assertEqual(json.loads(data), obj)
+
+
+class DiscoveryNameTests(SynchronousTestCase):
+    """Which discovery paths name a cache document."""
+
+    def test_discovery_paths(self) -> None:
+        self.assertEqual(discovery_document_name("/api"), "discovery.api")
+        self.assertEqual(discovery_document_name("/apis/apps/v1/"), "discovery.apis.apps.v1")
+        self.assertEqual(discovery_document_name("/version"), "discovery.version")
+        self.assertIsNone(discovery_document_name("/api/v1/pods"))
+
+    def test_segments_that_cannot_name_a_document_are_not_cached(self) -> None:
+        # Found by the online fuzz test: the answer was relayed, then caching it raised.
+        for path in ("/apis/apps/\x00..", "/apis/Apps", "/apis/a%2fb/v1", "/api/" + "v" * 300):
+            self.assertIsNone(discovery_document_name(path), path)

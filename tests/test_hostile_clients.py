@@ -3,7 +3,7 @@
 The real `YurtHub` wiring (ProxySite, LimitedHTTPChannel, ProxyRoot, flow control, tenant
 guard, remote and local proxies, cache manager) is driven with raw request bytes fed into
 the site's protocol over a `StringTransport`, on a `MemoryReactorClock`: offline (every
-backend unhealthy, so the local proxy answers) and online (the remote proxy's agents
+backend unhealthy, so the local proxy answers) and online (the remote proxy's clients
 replaced by one that serves a fake upstream in memory). Methods, paths, queries and headers
 come from hypothesis: invalid UTF-8, percent-encoded traversal in every segment, NUL and
 other control characters, absurd ``limit``/``timeoutSeconds``/``resourceVersion``, repeated
@@ -31,7 +31,7 @@ from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.logger import LogLevel, globalLogPublisher
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
-from twisted.web.client import Response, ResponseDone
+from twisted.web.client import ResponseDone
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import UNKNOWN_LENGTH
 
@@ -89,9 +89,28 @@ class _UpstreamTransport(StringTransport):
         pass
 
 
-class FakeUpstreamAgent:
-    """Stands in for `BackendAgent`: answers every request at once, in memory, as a
-    well-behaved kube-apiserver would (a JSON object or list naming what was asked)."""
+class _FakeResponse:
+    """An `UpstreamResponse` from memory: its body is delivered whole, at once (a watch's
+    first event, then the stream stays open)."""
+
+    def __init__(self, payload: bytes, length: int | None) -> None:
+        self.code = 200
+        self.phrase = b"OK"
+        self.headers = Headers({b"content-type": [b"application/json"]})
+        self.length: Any = length if length is not None else UNKNOWN_LENGTH
+        self._payload = payload
+
+    def deliverBody(self, protocol: Any) -> None:  # noqa: N802
+        protocol.makeConnection(_UpstreamTransport())
+        protocol.dataReceived(self._payload)
+        if self.length is not UNKNOWN_LENGTH:
+            protocol.connectionLost(Failure(ResponseDone()))
+
+
+class FakeUpstreamClient:
+    """Stands in for the remote proxy's `UpstreamClient`: answers every request at once,
+    in memory, as a well-behaved kube-apiserver would (a JSON object or list naming what
+    was asked)."""
 
     def __init__(self) -> None:
         self.requests = 0
@@ -103,7 +122,7 @@ class FakeUpstreamAgent:
         path = target.split(b"?", 1)[0]
         if b"watch=" in target or b"/watch/" in path:
             payload = b'{"type":"ADDED","object":{"kind":"Pod","apiVersion":"v1","metadata":{"name":"w","namespace":"default","resourceVersion":"7"}}}\n'
-            length: Any = None
+            length: int | None = None
         elif path.rstrip(b"/").endswith(b"pods"):
             payload = json.dumps(
                 {"kind": "PodList", "apiVersion": "v1", "metadata": {"resourceVersion": "7"},
@@ -115,16 +134,7 @@ class FakeUpstreamAgent:
                 {"kind": "Pod", "apiVersion": "v1", "metadata": {"name": "p", "namespace": "default", "resourceVersion": "7"}}
             ).encode()
             length = len(payload)
-        transport = _UpstreamTransport()
-        response = Response._construct(
-            (b"HTTP", 1, 1), 200, b"OK", Headers({b"content-type": [b"application/json"]}),
-            transport, None,
-        )
-        response.length = length if length is not None else UNKNOWN_LENGTH
-        response._bodyDataReceived(payload)
-        if length is not None:
-            response._bodyDataFinished(Failure(ResponseDone()))
-        return defer.succeed(response)
+        return defer.succeed(_FakeResponse(payload, length))
 
 
 class Exchange:
@@ -189,9 +199,9 @@ class _Harness:
         self.hub.proxy_site.reactor = self.reactor
         self.hub.cache._run = lambda f, *args: defer.maybeDeferred(f, *args)
         if online:
-            self.agent = FakeUpstreamAgent()
-            self.hub.remote._node_agent = self.agent  # type: ignore[assignment]
-            self.hub.remote._token_agent = self.agent  # type: ignore[assignment]
+            self.agent = FakeUpstreamClient()
+            self.hub.remote._node_client = self.agent  # type: ignore[assignment]
+            self.hub.remote._token_client = self.agent  # type: ignore[assignment]
         else:
             for backend in self.hub.backends:
                 backend.set_healthy(False, "fuzzing offline")

@@ -25,7 +25,7 @@ from twisted.logger import Logger
 from twisted.web.server import Request
 
 from yurthub.cache.keys import GVR, CacheKey, InvalidKey, check_component
-from yurthub.cache.store import ListItems, peek_resource_version
+from yurthub.cache.store import ListItems, check_document_name, peek_resource_version
 from yurthub.interfaces import IObjectStore
 from yurthub.kube.selectors import FieldSelector, LabelSelector, SelectorError, field_paths
 from yurthub.lines import LineBuffer
@@ -83,17 +83,20 @@ class CachedObject:
 
 def discovery_document_name(path: str) -> str | None:
     """The cache document name for a discovery path (``/apis/apps/v1`` ->
-    ``discovery.apis.apps.v1``), or None if the path is not discovery."""
+    ``discovery.apis.apps.v1``), or None if the path is not discovery or its segments
+    cannot make a document name (a NUL, upper case, ``%``: no such group or version)."""
     path = path.rstrip("/") or "/"
     parts = [p for p in path.split("/") if p]
     if not parts or parts[0] not in ("api", "apis", "version"):
         return None
     if parts[0] == "version" and len(parts) == 1:
         return "discovery.version"
-    if parts[0] == "api" and len(parts) <= 2:
-        return "discovery." + ".".join(parts)
-    if parts[0] == "apis" and len(parts) <= 3:
-        return "discovery." + ".".join(parts)
+    if (parts[0] == "api" and len(parts) <= 2) or (parts[0] == "apis" and len(parts) <= 3):
+        name = "discovery." + ".".join(parts)
+        try:
+            return check_document_name(name)
+        except InvalidKey:
+            return None
     return None
 
 
