@@ -33,6 +33,7 @@ def save_results(path: Path, report: dict[str, Any]) -> None:
     """Store ``report`` as the entry of ``report["benchmark"]``, keeping the others."""
     reports = load_results(path)
     reports[report["benchmark"]] = report
+    path.parent.mkdir(parents=True, exist_ok=True)
     temp = path.with_name(path.name + ".tmp")
     temp.write_text(json.dumps(reports, indent=2) + "\n")
     temp.replace(path)

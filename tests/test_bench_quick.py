@@ -28,7 +28,7 @@ class BenchQuickTests(SynchronousTestCase):
     """``python -m bench --quick`` measures every scenario of the summary."""
 
     def test_quick_run_measures_every_scenario(self) -> None:
-        out = Path(self.mktemp())
+        out = Path(self.mktemp()).resolve()  # the bench runs from the repo root
         out.mkdir(parents=True)
         results, chart = out / "results.json", out / "chart.png"
         try:
