@@ -23,6 +23,7 @@ connections are governed by h2's own limits.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -54,12 +55,28 @@ _MESSAGES = {
 }
 
 
+#: An RFC 9110 token (a method, a header name).
+_TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")
+#: What twisted.web refuses in a request target.
+_BAD_TARGET = re.compile(rb"[\x00-\x20\xb1-\xff]")
+#: Header fields the one-piece path leaves to twisted.web: a body, or 100-continue.
+_NOT_ONE_PIECE = frozenset({b"content-length", b"transfer-encoding", b"expect"})
+
+
 class LimitedHTTPChannel(HTTPChannel):
-    """`HTTPChannel` with told-about limits and a deadline for each request head."""
+    """`HTTPChannel` with told-about limits and a deadline for each request head.
+
+    A request that arrives whole in one read, with no body (nearly every request a node's
+    components send), is taken in one piece (`_one_piece`): its head is split and checked
+    as twisted.web would, line by line, but without a `LineReceiver` turn per line. Any
+    other request, and any head the quick checks do not accept, takes twisted.web's path,
+    which answers it as it always has.
+    """
 
     _refused = False
     _head_timer: Any = None
     _body_bytes = 0
+    _host: Any = None
 
     def connectionMade(self) -> None:  # noqa: N802
         limits: ChannelLimits = self.site.limits  # type: ignore[attr-defined]
@@ -70,8 +87,24 @@ class LimitedHTTPChannel(HTTPChannel):
         self.maxHeaders = limits.max_headers
         super().connectionMade()
 
+    def getHost(self) -> Any:  # noqa: N802 - Twisted's name
+        # twisted.web asks for every request; each ask is a getsockname() system call.
+        if self._host is None:
+            self._host = super().getHost()
+        return self._host
+
     def dataReceived(self, data: bytes) -> None:  # noqa: N802
         if self._refused:
+            return
+        if (
+            self.line_mode
+            and self.persistent
+            and not self._handlingRequest
+            and not self._buffer
+            and self._HTTPChannel__first_line == 1  # type: ignore[attr-defined]
+            and data.find(b"\r\n\r\n") == len(data) - 4
+            and self._one_piece(data)
+        ):
             return
         super().dataReceived(data)
         if self._refused:
@@ -86,6 +119,47 @@ class LimitedHTTPChannel(HTTPChannel):
                 self._head_timer = self.callLater(self._limits.head_timeout, self._head_too_slow)
         elif self._head_timer is not None:
             self._cancel_head_timer()
+
+    def _one_piece(self, data: bytes) -> bool:
+        """Take ``data``, one whole bodyless request head, as twisted.web would line by
+        line; False (nothing done) when it needs twisted.web's own path."""
+        limits = self._limits
+        if len(data) > limits.max_header_bytes:
+            return False
+        lines = data[:-4].split(b"\r\n")
+        if len(lines) > limits.max_headers:
+            return False
+        parts = lines[0].split(b" ")
+        if len(parts) != 3 or len(lines[0]) > limits.max_request_line_bytes:
+            return False
+        method, target, version = parts
+        if (
+            (version != b"HTTP/1.1" and version != b"HTTP/1.0")
+            or not _TOKEN.match(method)
+            or not target
+            or _BAD_TARGET.search(target)
+        ):
+            return False
+        fields = []
+        for line in lines[1:]:
+            name, colon, value = line.partition(b":")
+            if not colon or not _TOKEN.match(name) or name.lower() in _NOT_ONE_PIECE:
+                return False
+            value = value.strip(b" \t")
+            if b"\r" in value or b"\n" in value or b"\x00" in value:
+                return False
+            fields.append((name, value))
+        self.resetTimeout()
+        request = self.requestFactory(self, len(self.requests))
+        self.requests.append(request)
+        headers = request.requestHeaders
+        for name, value in fields:
+            headers.addRawHeader(name, value)
+        self._command, self._path, self._version = method, target, version
+        self.allHeadersReceived()
+        if not self._refused:
+            self.allContentReceived()
+        return True
 
     def lineReceived(self, line: bytes) -> None:  # noqa: N802
         if self._refused:
