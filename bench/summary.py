@@ -62,9 +62,19 @@ def _row(
     }
 
 
-def _unless_target(reason: str) -> str:
-    """A verdict's reason as a note, unless it only repeats the verdict."""
-    return "" if reason in ("below target", "above target") else reason
+def _notes(*parts: str) -> str:
+    """The non-empty parts, as one note; a verdict's reason only when it says more than
+    the verdict."""
+    return "; ".join(p for p in parts if p and p not in ("below target", "above target"))
+
+
+def _noise(rows: Sequence[Mapping[str, Any]]) -> str:
+    """What other work and the hypervisor took during the timed runs behind a row, when it
+    is enough to call the figures noisy (as the benchmark's own report does)."""
+    worst = max(r["other_cpu_percent"] + r["steal_cpu_percent"] for r in rows)
+    if worst <= proxy_report.NOISY_OTHER_CPU:
+        return ""
+    return f"noisy: other work and steal took up to {worst:.0f} % of a core meanwhile"
 
 
 def _proxy_list_rows(report: Mapping[str, Any]) -> list[dict[str, Any]]:
@@ -83,13 +93,24 @@ def _proxy_list_rows(report: Mapping[str, Any]) -> list[dict[str, Any]]:
             unit="ratio",
             target=(">=", proxy_report.TARGET_RATIO),
             verdict=v["verdict"],
-            note=_unless_target(v["reason"]),
+            note=_notes(
+                v["reason"],
+                f"by CPU per request {v['nginx_proxy_cpu_us_per_request']:.0f} / "
+                f"{v['yurthub_cpu_us_per_request']:.0f} us = {v['cpu_per_request_ratio']:.3f}",
+                _noise([hub, anchor]),
+            ),
         )
     ]
 
 
 def _autonomy_rows(report: Mapping[str, Any]) -> list[dict[str, Any]]:
     entries = {entry["key"]: entry for entry in report["summary"]}
+    offline = {row["key"]: row for row in report["offline_rows"]}
+    wrk_rows = {
+        "offline_small_rps": [offline["yurthub-small"], offline["nginx-small"]],
+        "offline_bulk_p50_ms": [offline["yurthub-bulk"], offline["nginx-bulk"]],
+        "offline_bulk_p99_ms": [offline["yurthub-bulk"], offline["nginx-bulk"]],
+    }
     pods = report["settings"]["pods"]
     out = []
     for key, label, target in (
@@ -112,7 +133,7 @@ def _autonomy_rows(report: Mapping[str, Any]) -> list[dict[str, Any]]:
                 unit="ratio" if target else "times",
                 target=target,
                 verdict=e["verdict"],
-                note=e["note"],
+                note=_notes(e["note"], _noise(wrk_rows[key]) if key in wrk_rows else ""),
             )
         )
     bulk = f"{pods['bulk']:,}"
@@ -173,7 +194,11 @@ def _flowcontrol_rows(report: Mapping[str, Any]) -> list[dict[str, Any]]:
             unit="fraction",
             target=("<=", flowcontrol_report.OVERHEAD_TARGET),
             verdict=s["verdict"],
-            note=_unless_target(s["reason"]),
+            note=_notes(
+                s["reason"],
+                f"median of {len(s['rounds'])} paired rounds; the medians of each setting "
+                f"give {100 * s['overhead_of_setting_medians_by_cpu_per_request']:+.1f} %",
+            ),
         )
     ]
 

@@ -41,6 +41,15 @@ def _autonomy_entry(key: str, yurthub: float, anchor: float | None, verdict: str
     }
 
 
+def _wrk_row(key: str, requests_per_second: float, other: float = 0.0) -> dict[str, Any]:
+    return {
+        "key": key,
+        "requests_per_second": requests_per_second,
+        "other_cpu_percent": other,
+        "steal_cpu_percent": 1.0,
+    }
+
+
 def reports() -> dict[str, dict[str, Any]]:
     """The parts of the four benchmarks' reports that the summary reads."""
     common = {"machine": _MACHINE, "yurthub_git": _GIT}
@@ -50,14 +59,27 @@ def reports() -> dict[str, dict[str, Any]]:
             "request": {"pods": 100},
             "settings": {"connections": 16},
             "rows": [
-                {"key": "nginx-proxy", "requests_per_second": 20_000.0},
-                {"key": "yurthub", "requests_per_second": 2_000.0},
+                _wrk_row("nginx-proxy", 20_000.0),
+                _wrk_row("yurthub", 2_000.0, other=60.0),
             ],
-            "yurthub_vs_nginx_proxy": {"ratio": 0.1, "verdict": "FAIL", "reason": "below target"},
+            "yurthub_vs_nginx_proxy": {
+                "ratio": 0.1,
+                "verdict": "FAIL",
+                "reason": "below target",
+                "nginx_proxy_cpu_us_per_request": 30.0,
+                "yurthub_cpu_us_per_request": 300.0,
+                "cpu_per_request_ratio": 0.1,
+            },
         },
         "autonomy": {
             **common,
             "settings": {"pods": {"bulk": 10_000, "small": 100, "events": 1000}},
+            "offline_rows": [
+                _wrk_row("yurthub-small", 4_000.0),
+                _wrk_row("nginx-small", 10_000.0),
+                _wrk_row("yurthub-bulk", 20.0),
+                _wrk_row("nginx-bulk", 50.0),
+            ],
             "summary": [
                 _autonomy_entry("offline_small_rps", 4_000.0, 10_000.0, "PASS"),
                 _autonomy_entry("offline_bulk_p50_ms", 100.0, 50.0, "-"),
@@ -82,6 +104,8 @@ def reports() -> dict[str, dict[str, Any]]:
                 "summary": {
                     "cpu_us_per_request": {"on": 400.0, "off": 390.0},
                     "overhead_by_cpu_per_request": 0.025,
+                    "overhead_of_setting_medians_by_cpu_per_request": 0.0256,
+                    "rounds": [{}, {}, {}],
                     "verdict": "PASS",
                     "reason": "",
                 }
@@ -116,6 +140,15 @@ class BuildSummaryTests(SynchronousTestCase):
         self.assertEqual(rows["failover_failed_requests"]["anchor"], 8)
         self.assertEqual(rows["flowcontrol_overhead"]["value"], 0.025)
         self.assertIsNone(rows["offline_bulk_p50_ms"]["target"])
+
+    def test_notes_say_cost_per_request_and_noise_not_the_verdict_again(self) -> None:
+        rows = {row["key"]: row for row in summary_of(reports())["rows"]}
+        note = rows["online_list_rps"]["note"]
+        self.assertIn("by CPU per request 30 / 300 us = 0.100", note)
+        self.assertIn("noisy: other work and steal took up to 61 %", note)
+        self.assertNotIn("below target", note)
+        self.assertEqual(rows["offline_small_rps"]["note"], "")
+        self.assertIn("median of 3 paired rounds", rows["flowcontrol_overhead"]["note"])
 
     def test_quick_run_has_no_verdicts(self) -> None:
         summary = summary_of(reports(), quick=True)
