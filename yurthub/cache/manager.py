@@ -25,7 +25,12 @@ from twisted.logger import Logger
 from twisted.web.server import Request
 
 from yurthub.cache.keys import GVR, CacheKey, InvalidKey, check_component
-from yurthub.cache.store import ListItems, check_document_name, peek_resource_version
+from yurthub.cache.store import (
+    FilesystemObjectStore,
+    ListItems,
+    check_document_name,
+    peek_resource_version,
+)
 from yurthub.interfaces import IObjectStore
 from yurthub.kube.selectors import FieldSelector, LabelSelector, SelectorError, field_paths
 from yurthub.lines import LineBuffer
@@ -132,6 +137,9 @@ class CacheManager:
     ) -> None:
         self.store = store
         self._release_memory = release_memory
+        if isinstance(store, FilesystemObjectStore) and store.release_memory is None:
+            # The store packs its objects when idle; the memory that frees goes back too.
+            store.release_memory = release_memory
         self.agents = frozenset(agents)
         #: The newest BOOKMARK resourceVersion seen per (component, resource, namespace):
         #: an offline list is at least that new.

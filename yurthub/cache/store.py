@@ -57,6 +57,7 @@ import secrets
 import stat
 import threading
 import time
+import zlib
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from json.encoder import encode_basestring_ascii  # type: ignore[attr-defined]
@@ -81,6 +82,12 @@ TEMP_PREFIX = ".tmp-"
 
 #: Largest file read back at load; anything larger is skipped as corrupt.
 MAX_FILE_SIZE = 64 * 1024 * 1024
+
+#: The writer packs objects in memory (`ObjectIndex.pack`) once it has had nothing to
+#: write for this long, this many per hold of the lock (~5 ms), and gives the memory
+#: freed back to the system when none is left to pack.
+PACK_DELAY = 0.5
+PACK_CHUNK = 200
 
 _DOCUMENT_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,199}$")
 _RESERVED_DOCUMENT_NAMES = frozenset({JOURNAL_DIR})
@@ -182,9 +189,32 @@ _RV_MARKER = b'"resourceVersion":"'
 #: What the index keeps per object: its bytes alone when `peek_resource_version` reads
 #: its resourceVersion back from them (nearly always: ``metadata`` comes first), else
 #: ``(resource_version, bytes)``. A bare ``bytes`` costs nothing beyond the object's own
-#: bytes; a tuple and a resourceVersion string cost ~110 bytes more per object.
+#: bytes; a tuple and a resourceVersion string cost ~110 bytes more per object. Once
+#: packed (see `ObjectIndex.pack`) it is ``(resource_version, _Packed)``.
 _Slot = bytes | tuple[str, bytes]
 _Entry = tuple[CacheKey, str, bytes]
+_Group = tuple[str, GVR]
+
+#: Objects smaller than this stay as they are: packing would save less than it costs.
+PACK_MIN_SIZE = 256
+
+
+class _Packed(bytes):
+    """An object's bytes deflated (raw deflate, level 1) against its resource's preset
+    dictionary: one object of the same resource. Objects of one resource share most of
+    their text (field names, images, conditions), so a 2.8 KB pod packs to ~150 bytes."""
+
+    __slots__ = ()
+
+
+def _deflate(data: bytes, dictionary: bytes) -> _Packed:
+    packer = zlib.compressobj(1, zlib.DEFLATED, -15, 8, zlib.Z_DEFAULT_STRATEGY, dictionary)
+    return _Packed(packer.compress(data) + packer.flush())
+
+
+def _inflate(packed: bytes, dictionary: bytes | None) -> bytes:
+    unpacker = zlib.decompressobj(-15, dictionary or b"")
+    return unpacker.decompress(packed) + unpacker.flush()
 
 
 def peek_resource_version(data: bytes) -> str | None:
@@ -222,8 +252,18 @@ def _slot_rv(slot: _Slot) -> str:
     return peek_resource_version(slot)  # type: ignore[return-value]  # peeked when stored
 
 
-def _slot_data(slot: _Slot) -> bytes:
-    return slot[1] if isinstance(slot, tuple) else slot
+def _slot_data(slot: _Slot, dictionary: bytes | None = None) -> bytes:
+    """The object's bytes (inflated with its resource's ``dictionary`` if packed)."""
+    if isinstance(slot, tuple):
+        data = slot[1]
+        return _inflate(data, dictionary) if type(data) is _Packed else data
+    return slot
+
+
+def _slot_with_rv(slot: _Slot, resource_version: str) -> _Slot:
+    """``slot`` holding the same (possibly packed) bytes at another resourceVersion."""
+    data = slot[1] if isinstance(slot, tuple) else slot
+    return (resource_version, data) if type(data) is _Packed else _slot(resource_version, data)
 
 
 class ObjectIndex:
@@ -241,6 +281,11 @@ class ObjectIndex:
         # (component, gvr) -> namespace ("" when cluster-scoped) -> name -> slot
         self._resources: dict[tuple[str, GVR], dict[str, dict[str, _Slot]]] = {}
         self._count = 0
+        # Per resource, the preset dictionary its packed objects were deflated against
+        # (never changed once set), and the (resource, namespace) buckets that may hold
+        # objects not yet packed.
+        self._dictionaries: dict[_Group, bytes] = {}
+        self._unpacked: dict[tuple[_Group, str], None] = {}
         #: Goes up with every change, so readers can keep answers derived from the view.
         self.generation = 0
 
@@ -257,12 +302,15 @@ class ObjectIndex:
         slot = self._slot_of(key)
         if slot is None:
             return None
-        return slot if isinstance(slot, tuple) else (_slot_rv(slot), slot)
+        return _slot_rv(slot), self._data((key.component, key.gvr), slot)
 
     def get(self, key: CacheKey) -> bytes | None:
         """The bytes of a cached object, or None."""
         slot = self._slot_of(key)
-        return _slot_data(slot) if slot is not None else None
+        return self._data((key.component, key.gvr), slot) if slot is not None else None
+
+    def _data(self, group: _Group, slot: _Slot) -> bytes:
+        return _slot_data(slot, self._dictionaries.get(group))
 
     def _groups(
         self, component: str, gvr: GVR, namespace: str | None
@@ -282,10 +330,11 @@ class ObjectIndex:
         """``[(key, bytes)]`` of one resource, in one namespace or all (None or ``""``),
         sorted by namespace and name."""
         trusted = CacheKey.trusted
+        dictionary = self._dictionaries.get((component, gvr))
         out: builtins.list[tuple[CacheKey, bytes]] = []
         for ns, names in sorted(self._groups(component, gvr, namespace), key=_first):
             out.extend(
-                (trusted(component, gvr, ns, name), _slot_data(names[name]))
+                (trusted(component, gvr, ns, name), _slot_data(names[name], dictionary))
                 for name in sorted(names)
             )
         return out
@@ -298,9 +347,14 @@ class ObjectIndex:
         """Every cached ``(key, resource_version, bytes)``."""
         trusted = CacheKey.trusted
         for (component, gvr), by_namespace in builtins.list(self._resources.items()):
+            dictionary = self._dictionaries.get((component, gvr))
             for ns, names in builtins.list(by_namespace.items()):
                 for name, slot in builtins.list(names.items()):
-                    yield trusted(component, gvr, ns, name), _slot_rv(slot), _slot_data(slot)
+                    yield (
+                        trusted(component, gvr, ns, name),
+                        _slot_rv(slot),
+                        _slot_data(slot, dictionary),
+                    )
 
     def set(self, key: CacheKey, resource_version: str, data: bytes) -> None:
         """Store an object whatever the cached copy's resourceVersion."""
@@ -313,6 +367,7 @@ class ObjectIndex:
         if key.name not in names:
             self._count += 1
         names[key.name] = _slot(resource_version, data)
+        self._unpacked[((key.component, key.gvr), key.namespace)] = None
         self.generation += 1
 
     def forget_versions(self) -> None:
@@ -322,7 +377,7 @@ class ObjectIndex:
         for by_namespace in self._resources.values():
             for names in by_namespace.values():
                 for name, slot in names.items():
-                    names[name] = ("", _slot_data(slot))
+                    names[name] = _slot_with_rv(slot, "")
         self.generation += 1
 
     def remove(self, key: CacheKey) -> bool:
@@ -384,13 +439,14 @@ class ObjectIndex:
         # A key is built for each cached object to look it up and dropped at once unless
         # it is to be removed: nothing per object piles up.
         trusted = CacheKey.trusted
+        dictionary = self._dictionaries.get((component, gvr))
         removals = []
         for ns, names in self._groups(component, gvr, namespace):
             for name, slot in names.items():
                 key = trusted(component, gvr, ns, name)
                 if (
                     key not in objects
-                    and (covered is None or covered(key, _slot_data(slot)))
+                    and (covered is None or covered(key, _slot_data(slot, dictionary)))
                     and not is_newer(_slot_rv(slot), list_resource_version)
                 ):
                     removals.append(key)
@@ -428,6 +484,7 @@ class ObjectIndex:
                 f"{key} is not in the list of {component} {gvr.dirname} {namespace or ''}"
             )
         trusted = CacheKey.trusted
+        dictionary = self._dictionaries.get((component, gvr))
         removals = []
         for ns, names in self._groups(component, gvr, namespace):
             kept = listed.get(ns) or {}
@@ -435,7 +492,7 @@ class ObjectIndex:
                 if name in kept:
                     continue
                 key = trusted(component, gvr, ns, name)
-                if (covered is None or covered(key, _slot_data(slot))) and not is_newer(
+                if (covered is None or covered(key, _slot_data(slot, dictionary))) and not is_newer(
                     _slot_rv(slot), list_resource_version
                 ):
                     removals.append(key)
@@ -462,9 +519,48 @@ class ObjectIndex:
                 elif is_as_new(_slot_rv(cached), _listed_rv(rv, data)):
                     continue
                 bucket[name] = data if rv is None else (rv, data)
+                self._unpacked[((component, gvr), ns)] = None
                 self.generation += 1
                 changed.append(trusted(component, gvr, ns, name))
         return changed
+
+    @property
+    def packable(self) -> bool:
+        """True while some objects may not be packed yet (see `pack`)."""
+        return bool(self._unpacked)
+
+    def pack(self, budget: int) -> int:
+        """Deflate up to ``budget`` objects not yet packed, each against its resource's
+        preset dictionary (the first object of the resource packed); how many were
+        packed. Reads are unaffected (`get` and `list` give the same bytes back) and
+        `generation` does not move. Packing keeps 10,000 pods in ~2 MB instead of ~29.
+        Not thread-safe, as every write: the caller holds the store's lock; a reader
+        without it sees each slot either packed or not."""
+        done = 0
+        while self._unpacked and done < budget:
+            bucket = next(iter(self._unpacked))
+            group, namespace = bucket
+            by_namespace = self._resources.get(group)
+            names = by_namespace.get(namespace) if by_namespace else None
+            finished = True
+            for name in builtins.list(names or ()):
+                slot = names[name]  # type: ignore[index]
+                data = slot[1] if isinstance(slot, tuple) else slot
+                if type(data) is _Packed or len(data) < PACK_MIN_SIZE:
+                    continue
+                if done >= budget:
+                    finished = False
+                    break
+                dictionary = self._dictionaries.get(group)
+                if dictionary is None:
+                    dictionary = self._dictionaries[group] = bytes(data)
+                packed = _deflate(data, dictionary)
+                if len(packed) + 64 < len(data):
+                    names[name] = (_slot_rv(slot), packed)  # type: ignore[index]
+                done += 1
+            if finished:
+                del self._unpacked[bucket]
+        return done
 
 
 def _listed_rv(rv: str | None, data: bytes) -> str:
@@ -739,9 +835,10 @@ class FilesystemObjectStore(IndexedReads):
 
     ``reactor`` is used only for ``callFromThread``; ``max_pending`` bounds the keys waiting
     to be written (beyond it writes reach memory only, see `StoreHealth`); ``disk`` replaces
-    the file operations (tests). Call `load` once before anything else; writes made before
-    it has fired are applied again on the loaded view. After `close`, writes change memory
-    only.
+    the file operations (tests); ``release_memory`` is called in the writer thread after
+    it has packed objects (see `ObjectIndex.pack`), to hand the freed memory back. Call
+    `load` once before anything else; writes made before it has fired are applied again on
+    the loaded view. After `close`, writes change memory only.
     """
 
     def __init__(
@@ -751,6 +848,7 @@ class FilesystemObjectStore(IndexedReads):
         reactor: Any = None,
         max_pending: int = 10000,
         disk: _Disk | None = None,
+        release_memory: Callable[[], None] | None = None,
     ) -> None:
         if reactor is None:
             from twisted.internet import reactor as global_reactor
@@ -763,6 +861,9 @@ class FilesystemObjectStore(IndexedReads):
         self.health = StoreHealth(self._pending_count)
         self._reactor = reactor
         self._disk = disk if disk is not None else _Disk()
+        #: Called (writer thread, no lock held) once objects were packed; may be set
+        #: after construction.
+        self.release_memory = release_memory
         self._index = ObjectIndex()
         self._documents: dict[str, bytes] = {}
         # Everything below is shared with the writer thread and guarded by _lock.
@@ -997,8 +1098,7 @@ class FilesystemObjectStore(IndexedReads):
             self._installed.wait()
             while True:
                 with self._wake:
-                    while not self._has_work() and self._state != _CLOSING:
-                        self._wake.wait()
+                    self._wait_packing()
                     if not self._has_work():
                         self._state = _CLOSED
                         break
@@ -1015,6 +1115,27 @@ class FilesystemObjectStore(IndexedReads):
             self._reactor.callFromThread(self._writer_stopped)
         except BaseException as exc:  # the thread is dying: say so, never hang callers
             self._writer_died(exc, batch.waiters if batch is not None else [])
+
+    def _wait_packing(self) -> None:
+        """Wait for work (lock held); meanwhile, once idle for `PACK_DELAY`, pack the
+        objects in memory a chunk at a time and then release the memory they freed."""
+        idle = packed = False
+        while not self._has_work() and self._state != _CLOSING:
+            if not self._index.packable:
+                release = self.release_memory
+                if packed and release is not None:
+                    packed = False
+                    self._lock.release()
+                    try:
+                        release()
+                    finally:
+                        self._lock.acquire()
+                    continue
+                self._wake.wait()
+            elif idle or not self._wake.wait(PACK_DELAY):
+                idle = True
+                packed = self._index.pack(PACK_CHUNK) > 0 or packed
+                self._wake.wait(0.001)  # let the reactor's writes in between chunks
 
     def _has_work(self) -> bool:
         return bool(self._dirty or self._group or self._dirty_documents or self._waiters)
