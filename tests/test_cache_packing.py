@@ -10,9 +10,11 @@ from typing import Any
 from twisted.internet import reactor
 from twisted.trial.unittest import TestCase
 
+from tests.offline_support import make_manager
 from tests.support import wait_until
 from yurthub.cache.keys import GVR, CacheKey
 from yurthub.cache.store import PACK_MIN_SIZE, FilesystemObjectStore, ListItems, ObjectIndex
+from yurthub.requestinfo import parse_request_info
 
 PODS = GVR("", "v1", "pods")
 
@@ -141,3 +143,31 @@ class StorePackingTests(TestCase):
         await store.flush()
         with open(os.path.join(directory, *key("web-7").parts), "rb") as f:
             self.assertEqual(f.read(), big_pod("web-7", "100"))
+
+
+class ObjectLookupTests(TestCase):
+    """`CacheManager.object` finds what a get reads without reading the other objects."""
+
+    def test_object_is_what_objects_would_find(self) -> None:
+        cache = make_manager(("kubelet", "kube-proxy"))
+        cache.store.put(key("web-1"), "5", big_pod("web-1", "5"))
+        cache.store.put(key("web-2"), "6", big_pod("web-2", "6"))
+        other = CacheKey("kube-proxy", PODS, "default", "only-there")
+        cache.store.put(other, "7", big_pod("only-there", "7"))
+        for agent, name in [
+            ("kubelet", "web-1"),
+            ("kubelet", "only-there"),  # kubelet has pods: what it has not cached is absent
+            ("kubectl", "only-there"),  # not an agent: every component's newest copy
+            ("kubectl", "web-2"),
+            ("kubelet", "Not-A-Valid-Name"),
+        ]:
+            info = parse_request_info(
+                "GET", f"/api/v1/namespaces/default/pods/{name}", f"{agent}/v1"
+            )
+            expected = next((o for o in cache.objects(info, "default") if o.key.name == name), None)
+            found = cache.object(info)
+            self.assertEqual(
+                (found.key, found.data) if found else None,
+                (expected.key, expected.data) if expected else None,
+                (agent, name),
+            )

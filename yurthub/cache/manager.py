@@ -302,6 +302,23 @@ class CacheManager:
             pairs = [(key, data) for _, key, data in sorted(newest.values(), key=lambda t: (t[1].namespace, t[1].name))]
         return [CachedObject(key, data) for key, data in pairs]
 
+    def object(self, info: RequestInfo) -> CachedObject | None:
+        """The cached object a get reads, as `objects` would give it: looked up by its key
+        when the asking component holds it (no other object is read, or inflated when
+        packed), else found among `objects`."""
+        if self.is_agent(info.component):
+            try:
+                key: CacheKey | None = CacheKey(info.component, gvr_of(info), info.namespace, info.name)
+            except InvalidKey:
+                key = None
+            data = self.store.get(key) if key is not None else None
+            if data is not None:
+                return CachedObject(key, data)  # type: ignore[arg-type]
+        for obj in self.objects(info, info.namespace or None):
+            if obj.key.name == info.name:
+                return obj
+        return None
+
     def components(self) -> list[str]:
         """Components that have anything cached."""
         return list(self.store.components())

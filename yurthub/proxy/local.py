@@ -204,10 +204,7 @@ class LocalProxy:
         _json_answer(request, 200, document)
 
     def _find(self, info: RequestInfo) -> CachedObject | None:
-        for obj in self.cache.objects(info, info.namespace or None):
-            if obj.key.name == info.name:
-                return obj
-        return None
+        return self.cache.object(info)
 
     def _not_found(self, request: Request, info: RequestInfo) -> None:
         what = f"{info.resource}.{info.api_group}" if info.api_group else info.resource
