@@ -7,9 +7,11 @@ from __future__ import annotations
 from typing import Any
 
 from twisted.internet.address import IPv4Address
+from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.resource import Resource
+from twisted.web.server import NOT_DONE_YET
 
 from yurthub.proxy.channel import ChannelLimits, LimitedHTTPChannel
 from yurthub.proxy.root import make_site
@@ -134,3 +136,90 @@ class OnePieceTests(SynchronousTestCase):
         seen, answer, _ = self.feed([big], max_header_bytes=300)
         self.assertEqual(seen, [])
         self.assertTrue(answer.startswith(b"HTTP/1.1 431 "), answer)
+
+
+class _Slow(Resource):
+    """Answers only when the test says so."""
+
+    isLeaf = True
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.waiting: list[Any] = []
+
+    def render(self, request: Any) -> Any:
+        self.waiting.append(request)
+        return NOT_DONE_YET
+
+
+class IdleTimeoutTests(SynchronousTestCase):
+    """The idle timeout between requests, kept with one lazy timer."""
+
+    def connect(self, resource: Resource) -> tuple[Any, StringTransport, Clock]:
+        clock = Clock()
+        site = make_site(resource, leaf=True, limits=ChannelLimits(), timeout=60)
+        site.reactor = clock
+        protocol = site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 40000))
+        transport = StringTransport()
+        protocol.makeConnection(transport)
+        self.addCleanup(protocol.connectionLost, None)
+        return protocol, transport, clock
+
+    def test_an_idle_connection_is_closed_after_the_timeout(self) -> None:
+        protocol, transport, clock = self.connect(_Recorder())
+        clock.advance(59)
+        self.assertFalse(transport.disconnecting)
+        clock.advance(2)
+        self.assertTrue(transport.disconnecting)
+
+    def test_each_request_starts_the_idle_time_again(self) -> None:
+        protocol, transport, clock = self.connect(_Recorder())
+        for _ in range(5):
+            clock.advance(50)
+            protocol.dataReceived(HEADS[3])
+        self.assertFalse(transport.disconnecting)
+        self.assertLessEqual(len(clock.getDelayedCalls()), 1, "one timer, not one per request")
+        clock.advance(59)
+        self.assertFalse(transport.disconnecting)
+        clock.advance(2)
+        self.assertTrue(transport.disconnecting)
+
+    def test_no_timeout_while_a_request_is_handled(self) -> None:
+        slow = _Slow()
+        protocol, transport, clock = self.connect(slow)
+        protocol.dataReceived(HEADS[3])
+        clock.advance(600)  # a long watch
+        self.assertFalse(transport.disconnecting)
+        request = slow.waiting[0]
+        request.write(b"done")
+        request.finish()
+        clock.advance(59)
+        self.assertFalse(transport.disconnecting)
+        clock.advance(2)
+        self.assertTrue(transport.disconnecting)
+
+    def test_closing_leaves_no_timer(self) -> None:
+        protocol, transport, clock = self.connect(_Recorder())
+        protocol.dataReceived(HEADS[3])
+        protocol.connectionLost(None)
+        self.assertEqual(clock.getDelayedCalls(), [])
+
+
+class FormBodyTests(SynchronousTestCase):
+    """A body is relayed as it came: twisted.web's form parser never sees it."""
+
+    def test_a_content_type_twisted_web_cannot_parse_is_still_answered(self) -> None:
+        for ctype in (b"application/x-www-form-urlencoded\x85", b"multipart/form-data; boundary=\x0b"):
+            site = make_site(_Recorder(), leaf=True, limits=ChannelLimits())
+            protocol = site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 40000))
+            transport = StringTransport()
+            protocol.makeConnection(transport)
+            self.addCleanup(protocol.connectionLost, None)
+            protocol.dataReceived(
+                b"POST /api/v1/namespaces/default/pods HTTP/1.1\r\nHost: x\r\nContent-Type: " + ctype
+                + b"\r\nContent-Length: 7\r\n\r\na=b&c=d"
+            )  # fmt: skip
+            seen = site.resource.seen  # type: ignore[attr-defined]
+            self.assertEqual(len(seen), 1, ctype)
+            self.assertEqual(seen[0][4], b"a=b&c=d")
+            self.assertRegex(transport.value(), rb"^HTTP/1\.1 200 OK\r\n")

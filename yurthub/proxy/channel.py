@@ -77,6 +77,55 @@ class LimitedHTTPChannel(HTTPChannel):
     _head_timer: Any = None
     _body_bytes = 0
     _host: Any = None
+    _idle_call: Any = None
+    _last_active = 0.0
+    _lost = False
+
+    # --- the idle timeout, kept lazily ---------------------------------------------
+    # TimeoutMixin moves its timer at every read, and twisted.web cancels it and makes
+    # a new one around every request (no idle timeout while a request is handled):
+    # three timer operations per request. Here the timer stays where it is, the channel
+    # notes when it last heard from the client, and a timer that fires early sets
+    # itself for the rest of the period; one that fires during a request does nothing
+    # (the request's end sets it again). setTimeout(None) from anyone else (a splice
+    # taking the connection over, the switch to HTTP/2, the end) still cancels it.
+
+    def resetTimeout(self) -> None:  # noqa: N802 - TimeoutMixin's name
+        self._last_active = self.site.reactor.seconds()  # type: ignore[attr-defined]
+
+    def setTimeout(self, period: float | None) -> float | None:  # type: ignore[override]  # noqa: N802
+        previous = self.timeOut
+        self.timeOut = period  # type: ignore[assignment]
+        if period is None:
+            self._cancel_idle_timer()
+        elif not self._lost:
+            self._last_active = self.site.reactor.seconds()  # type: ignore[attr-defined]
+            if self._idle_call is None:
+                self._idle_call = self.callLater(period, self._idle_check)
+        return previous
+
+    def allContentReceived(self) -> None:  # noqa: N802
+        if self.timeOut:
+            # twisted.web would now call setTimeout(None) and setTimeout(saved) at the
+            # request's end; the timer stays armed instead and ignores the request.
+            self._savedTimeOut, self.timeOut = self.timeOut, None  # type: ignore[assignment]
+        super().allContentReceived()
+
+    def _idle_check(self) -> None:
+        self._idle_call = None
+        if self.timeOut is None:
+            return  # a request is being handled; its end sets the timer again
+        left = self._last_active + self.timeOut - self.site.reactor.seconds()  # type: ignore[attr-defined]
+        if left > 0:
+            self._idle_call = self.callLater(left, self._idle_check)
+            return
+        self.timeoutConnection()
+
+    def _cancel_idle_timer(self) -> None:
+        if self._idle_call is not None:
+            if self._idle_call.active():
+                self._idle_call.cancel()
+            self._idle_call = None
 
     def connectionMade(self) -> None:  # noqa: N802
         limits: ChannelLimits = self.site.limits  # type: ignore[attr-defined]
@@ -86,6 +135,16 @@ class LimitedHTTPChannel(HTTPChannel):
         self.totalHeadersSize = limits.max_header_bytes
         self.maxHeaders = limits.max_headers
         super().connectionMade()
+
+    def writeHeaders(self, version: bytes, code: bytes, reason: bytes, headers: Any) -> None:  # noqa: N802
+        # twisted.web hands the transport a sequence of four pieces per field, and the
+        # transport checks each piece on its own: one joined write instead.
+        head = [version, b" ", code, b" ", reason, b"\r\n"]
+        for name, values in headers.getAllRawHeaders():
+            for value in values:
+                head += (name, b": ", value, b"\r\n")
+        head.append(b"\r\n")
+        self.transport.write(b"".join(head))  # type: ignore[union-attr]
 
     def getHost(self) -> Any:  # noqa: N802 - Twisted's name
         # twisted.web asks for every request; each ask is a getsockname() system call.
@@ -233,6 +292,8 @@ class LimitedHTTPChannel(HTTPChannel):
 
     def connectionLost(self, reason: Any = None) -> None:  # noqa: N802
         self._cancel_head_timer()
+        self._lost = True
+        self._cancel_idle_timer()
         super().connectionLost(reason)
 
 
