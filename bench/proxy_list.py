@@ -8,7 +8,10 @@ One run on 127.0.0.1 starts, each in its own process group and temp prefix:
   upstream keep-alive, ``worker_processes 1`` (the anchor row);
 - ``nginx stream (L4)``: kubespray's ``nginx-proxy`` as it ships, a TCP stream proxy,
   ``worker_processes 1`` (extra row; skipped when nginx has no stream module);
-- yurthub: ``twistd --nodaemon yurthub`` pointed at the upstream (one process, one thread).
+- yurthub: ``twistd --nodaemon yurthub`` pointed at the upstream (one process, one thread);
+- ``twisted.web static (floor)``: `bench.floor`, twisted.web serving the same bytes from
+  memory with no upstream at all (extra row): the most yurthub's HTTP stack allows
+  before yurthub does anything, so the table shows how much of the gap is Twisted's.
 
 It checks that each configuration returns the file byte for byte, then for each one
 warms up for a second and runs ``wrk`` (16 connections, 10 s by default) with kubelet's
@@ -19,6 +22,7 @@ Every process is stopped on the way out, including on Ctrl-C and SIGTERM.
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -27,6 +31,7 @@ from typing import Any
 
 from bench import nginx as nginx_conf
 from bench import report as reporting
+from bench.autonomy import REPO_ROOT, _with_repo_root
 from bench.measure import Load, Row, Target, measure, median_rows
 from bench.pods import pod_list_body
 from bench.procs import Child, ChildFailed, free_port, http_get, wait_for_status
@@ -131,6 +136,22 @@ def _start_all(run: Run, body: bytes) -> _Servers:
     targets.append(
         Target("yurthub", "yurthub", f"http://127.0.0.1:{yurthub_port}{PATH}", yurthub,
                "twistd yurthub, one process, User-Agent kubelet")
+    )  # fmt: skip
+    floor_port = free_port()
+    floor = run.start(
+        Child(
+            "floor",
+            [sys.executable, "-m", "bench.floor", "--port", str(floor_port), "--file", str(pods_file)],
+            run.temp / "floor.out",
+            cwd=REPO_ROOT,
+            env=dict(os.environ, PYTHONPATH=_with_repo_root()),
+        )
+    )
+    floor_url = f"http://127.0.0.1:{floor_port}"
+    wait_for_status(floor, f"{floor_url}/readyz", timeout=30)
+    targets.append(
+        Target("floor", "twisted.web static (floor)", floor_url + PATH, floor,
+               "twisted.web serving the same bytes from memory, no upstream: one process, one thread")
     )  # fmt: skip
     return _Servers(targets, upstream, yurthub, f"http://127.0.0.1:{hub_port}")
 

@@ -49,7 +49,17 @@ def verdict(rows: Sequence[Row], rounds: Sequence[Sequence[Row]]) -> dict[str, A
     else:
         outcome, why = "FAIL", "below target"
     hub_cost, anchor_cost = hub.server_us_per_request, anchor.server_us_per_request
+    floor = by_key.get("floor")
+    floor_figures = (
+        {
+            "floor_ratio": round(floor.result.requests_per_second / anchor.result.requests_per_second, 3),
+            "floor_cpu_us_per_request": round(floor.server_us_per_request, 1),
+        }
+        if floor is not None
+        else {}
+    )
     return {
+        **floor_figures,
         "ratio": round(ratio, 3),
         "target": TARGET_RATIO,
         "verdict": outcome,
@@ -192,6 +202,12 @@ def print_report(report: dict[str, Any], rows: Sequence[Row], emit: Callable[[st
         f"{v['yurthub_cpu_us_per_request']:.0f} us = {v['cpu_per_request_ratio']:.3f} "
         "(the same comparison by cost, steadier under noise; informative only)"
     )
+    if "floor_ratio" in v:
+        emit(
+            f"twisted.web static (floor) / nginx proxy = {v['floor_ratio']:.3f} at "
+            f"{v['floor_cpu_us_per_request']:.0f} us per request: twisted.web alone, answering "
+            "from memory with no upstream, is where yurthub's HTTP stack tops out"
+        )
     diag = report["yurthub_diagnostics"]
     codes = ", ".join(f"{code}: {n:,}" for code, n in sorted(diag["requests_by_code"].items()))
     emit(f"yurthub's own count of answers by code (all runs, warm-ups, checks): {codes or 'none'}")

@@ -97,6 +97,9 @@ def _proxy_list_rows(report: Mapping[str, Any]) -> list[dict[str, Any]]:
                 v["reason"],
                 f"by CPU per request {v['nginx_proxy_cpu_us_per_request']:.0f} / "
                 f"{v['yurthub_cpu_us_per_request']:.0f} us = {v['cpu_per_request_ratio']:.3f}",
+                f"twisted.web serving the same bytes from memory reaches {v['floor_ratio']:.3f}"
+                if "floor_ratio" in v
+                else "",
                 _noise([hub, anchor]),
             ),
         )
