@@ -130,6 +130,9 @@ class UpstreamClientTests(TestCase):
         collected = _Body()
         response.deliverBody(collected)
         ended = await collected.ended
+        # The connection goes back to the pool once the read that ended the body is
+        # done, after this coroutine resumed inside it: one reactor turn.
+        await sleep(0)
         return response, b"".join(collected.data), ended
 
     async def test_answers_and_reuses_the_connection(self) -> None:
@@ -169,6 +172,39 @@ class UpstreamClientTests(TestCase):
         self.assertTrue(ended.check(ResponseDone))
         await self.fetch(client, backend)
         self.assertEqual(len(server.connections), 1, "a whole chunked answer leaves the connection reusable")
+
+    async def test_a_second_answer_in_one_read_never_reaches_the_next_request(self) -> None:
+        server, backend = self.serve(lambda head: ok(b"first") + ok(b"smuggled"))
+        client = self.client()
+        response, body, ended = await self.fetch(client, backend)
+        self.assertEqual(body, b"first")
+        server.script = lambda head: ok(b"second")
+        response, body, ended = await self.fetch(client, backend)
+        self.assertEqual(body, b"second")
+        self.assertEqual(len(server.connections), 2, "the connection that sent two answers was dropped")
+
+    async def test_a_request_made_as_a_body_ends_gets_its_own_answer(self) -> None:
+        answers = iter([b"one", b"two"])
+        server, backend = self.serve(lambda head: ok(next(answers)))
+        client = self.client()
+        second: list[defer.Deferred[UpstreamResponse]] = []
+
+        class Chained(_Body):
+            def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]  # noqa: N802
+                # What a client's next pipelined request does: starts from inside the end.
+                second.append(client.request_to(backend, b"GET", b"/next", Headers({b"Host": [b"x"]}), None))
+                super().connectionLost(reason)
+
+        response = await client.request_to(backend, b"GET", b"/", Headers({b"Host": [b"x"]}), None)
+        body = Chained()
+        response.deliverBody(body)
+        await body.ended
+        self.assertEqual(b"".join(body.data), b"one")
+        response = await second[0]
+        collected = _Body()
+        response.deliverBody(collected)
+        await collected.ended
+        self.assertEqual(b"".join(collected.data), b"two")
 
     async def test_body_ended_by_close_is_potential_data_loss(self) -> None:
         server, backend = self.serve(lambda head: b"HTTP/1.1 200 OK\r\n\r\nuntil the end")
@@ -306,6 +342,23 @@ class UpstreamClientTests(TestCase):
         await defer.gatherResults([defer.ensureDeferred(self.fetch(client, backend)) for _ in range(3)])
         self.assertEqual(len(server.connections), 3)
         await wait_until(lambda: sum(not c.transport.disconnected for c in server.connections) == 1)
+
+    async def test_a_connection_in_use_when_the_pool_closes_is_not_kept(self) -> None:
+        server, backend = self.serve(lambda head: b"")  # answers when the test says
+        client = self.client()
+        pending = client.request_to(backend, b"GET", b"/", Headers({b"Host": [b"x"]}), None)
+        await wait_until(lambda: len(server.requests) == 1)
+        await client.closeCachedConnections()  # a certificate rotation, say
+        server.connections[0].transport.write(ok(b"old"))
+        response = await pending
+        body = _Body()
+        response.deliverBody(body)
+        await body.ended
+        await wait_until(lambda: server.connections[0].transport.disconnected)
+        server.script = lambda head: ok(b"new")
+        response, data, ended = await self.fetch(client, backend)
+        self.assertEqual(data, b"new")
+        self.assertEqual(len(server.connections), 2)
 
     async def test_close_cached_connections(self) -> None:
         server, backend = self.serve(lambda head: ok(b"{}"))

@@ -126,6 +126,9 @@ class _Connection(Protocol):
     def __init__(self, client: UpstreamClient, key: Any) -> None:
         self._client = client
         self.key = key
+        #: The client's generation when this connection's request was sent: a connection
+        #: in use when the pool was closed (shutdown, rotation, migration) is not kept.
+        self.generation = client.generation
         self.idle_since = 0.0
         self.lost = False
         self._parser: Any = None
@@ -143,6 +146,7 @@ class _Connection(Protocol):
         self._paused = False
         self._dropped = False  # bytes still arriving on this connection are not ours
         self._stopped = False  # the body's reader wants nothing more
+        self._complete = False  # the answer ended well; to the pool after this read
 
     # --- the request -------------------------------------------------------------
     def send(self, head: bytes, body: bytes | None, is_head: bool) -> defer.Deferred[UpstreamResponse]:
@@ -158,6 +162,8 @@ class _Connection(Protocol):
         self._in_body = False
         self._dropped = False
         self._stopped = False
+        self._complete = False
+        self.generation = self._client.generation
         transport = self.transport
         assert transport is not None
         transport.write(head + body if body else head)
@@ -170,6 +176,10 @@ class _Connection(Protocol):
 
     # --- llhttp callbacks ----------------------------------------------------------
     def on_message_begin(self) -> None:
+        if self._complete:
+            # Bytes after the whole answer, in the same read: a second answer to one
+            # request. Never give it to the next request that takes this connection.
+            raise ValueError("the backend sent more than one answer to one request")
         self._response_started = True
 
     def on_status(self, status: bytes) -> None:
@@ -254,13 +264,14 @@ class _Connection(Protocol):
             reusable = False
         if not reusable:
             self._dropped = True  # whatever else comes on this connection is not ours
-        if not self._dropped:
-            if reusable and not self.lost:
-                self.resume()
-                self._client.put(self)
-        elif not self.lost:
-            self.lost = True
-            self.transport.loseConnection()  # type: ignore[union-attr]
+        if self._dropped:
+            if not self.lost:
+                self.lost = True
+                self.transport.loseConnection()  # type: ignore[union-attr]
+        else:
+            # Pooled once the parser is done with the bytes at hand (`dataReceived`): the
+            # reader below may start another request at once, and must not get this one.
+            self._complete = True
         if body is not None:
             body.connectionLost(reason)
 
@@ -297,6 +308,12 @@ class _Connection(Protocol):
             parser.feed_data(data)
         except Exception as e:
             self._broken(Failure(e))
+            return
+        if self._complete:
+            self._complete = False
+            if not self._dropped and not self.lost:
+                self.resume()
+                self._client.put(self)
 
     def _broken(self, reason: Failure) -> None:
         """The answer cannot be read any further (a parse error): fail it, drop the line."""
@@ -350,6 +367,8 @@ class UpstreamClient:
         self.idle_timeout = idle_timeout
         self._idle: dict[Any, list[_Connection]] = {}
         self._sweep: Any = None
+        #: Counts `closeCachedConnections` calls (see `_Connection.generation`).
+        self.generation = 0
 
     def request_to(
         self, backend: Backend, method: bytes, target: bytes, headers: Headers, body: bytes | None
@@ -383,7 +402,7 @@ class UpstreamClient:
         """A connection finished an answer and may carry another."""
         connection._parser = None
         idle = self._idle.setdefault(connection.key, [])
-        if len(idle) >= self.per_host:
+        if len(idle) >= self.per_host or connection.generation != self.generation:
             connection.drop()
             return
         connection.idle_since = self._reactor.seconds()
@@ -413,7 +432,9 @@ class UpstreamClient:
             self._sweep = self._reactor.callLater(delay, self._close_expired)  # type: ignore[attr-defined]
 
     def closeCachedConnections(self) -> defer.Deferred[None]:  # noqa: N802 - the pool's name
-        """Close every idle connection (at shutdown, a rotation, a migration)."""
+        """Close every idle connection (at shutdown, a rotation, a migration); one in use
+        now is closed when its answer ends instead of going back to the pool."""
+        self.generation += 1
         if self._sweep is not None and self._sweep.active():
             self._sweep.cancel()
         self._sweep = None
