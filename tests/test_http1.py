@@ -152,6 +152,14 @@ class UpstreamClientTests(TestCase):
         self.assertTrue(head.startswith(b"GET /api/v1/pods?limit=500 HTTP/1.1\r\n"), head)
         self.assertIn(b"User-Agent: kubelet/v1.31.0", head)
 
+    async def test_fields_named_in_connection_are_taken_out(self) -> None:
+        server, backend = self.serve(
+            lambda head: ok(b"{}", b"Connection: keep-alive, X-Hop\r\nX-Hop: 1\r\nX-Kept: 2\r\n")
+        )
+        response, body, ended = await self.fetch(self.client(), backend)
+        self.assertFalse(response.headers.hasHeader(b"x-hop"))
+        self.assertEqual(response.headers.getRawHeaders(b"x-kept"), [b"2"])
+
     async def test_sends_the_body_with_its_length(self) -> None:
         server, backend = self.serve(lambda head: ok(b"{}"))
         client = self.client()

@@ -620,9 +620,9 @@ class _Exchange:
         self.proxy.metrics.observe_upstream(self.info.verb, self.proxy.reactor.seconds() - started)
         request = self.request
         request.setResponseCode(response.code, response.phrase)
-        # The Agent already took the connection-control fields out of response.headers;
-        # what remains is the answer's own, so it becomes the client's as it is.
-        headers = strip_hop_by_hop(response.headers)
+        # The client took the connection's fields (and those its Connection names) out of
+        # response.headers: what remains is the answer's own, and becomes the client's.
+        headers = response.headers
         content_type = headers.getRawHeaders(b"content-type", [b""])[0]
         stage = self.stage if 200 <= response.code < 300 else None
         if stage is not None and content_type.split(b";", 1)[0].strip().lower() != b"application/json":

@@ -201,6 +201,7 @@ class _Connection(Protocol):
         headers = Headers()
         length: Any = UNKNOWN_LENGTH
         chunked = False
+        listed: set[bytes] = set()  # fields the answer's Connection names are hop-by-hop too
         for name, value in self._headers:
             lower = name.lower()
             if lower in _CONNECTION_FIELDS:
@@ -208,8 +209,13 @@ class _Connection(Protocol):
                     length = int(value)
                 elif lower == b"transfer-encoding":
                     chunked = True
+                elif lower == b"connection":
+                    listed.update(t.strip().lower() for t in value.split(b","))
                 continue
             headers.addRawHeader(name, value)
+        for name in listed:
+            if name:
+                headers.removeHeader(name)
         if self._is_head or code in (204, 304):
             length = 0
         elif chunked:
