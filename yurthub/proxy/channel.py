@@ -77,6 +77,7 @@ class LimitedHTTPChannel(HTTPChannel):
     _head_timer: Any = None
     _body_bytes = 0
     _host: Any = None
+    _secure: bool | None = None
     _idle_call: Any = None
     _last_active = 0.0
     _lost = False
@@ -145,6 +146,14 @@ class LimitedHTTPChannel(HTTPChannel):
                 head += (name, b": ", value, b"\r\n")
         head.append(b"\r\n")
         self.transport.write(b"".join(head))  # type: ignore[union-attr]
+
+    def isSecure(self) -> bool:  # noqa: N802 - Twisted's name
+        # An interface adaptation per ask, asked several times per request; a
+        # connection's transport does not change (an upgrade splice takes it away).
+        secure = self._secure
+        if secure is None and self.transport is not None:
+            secure = self._secure = super().isSecure()
+        return bool(secure)
 
     def getHost(self) -> Any:  # noqa: N802 - Twisted's name
         # twisted.web asks for every request; each ask is a getsockname() system call.
