@@ -137,23 +137,20 @@ def _start_all(run: Run, body: bytes) -> _Servers:
         Target("yurthub", "yurthub", f"http://127.0.0.1:{yurthub_port}{PATH}", yurthub,
                "twistd yurthub, one process, User-Agent kubelet")
     )  # fmt: skip
-    floor_port = free_port()
-    floor = run.start(
-        Child(
-            "floor",
-            [sys.executable, "-m", "bench.floor", "--port", str(floor_port), "--file", str(pods_file)],
-            run.temp / "floor.out",
-            cwd=REPO_ROOT,
-            env=dict(os.environ, PYTHONPATH=_with_repo_root()),
-        )
-    )
-    floor_url = f"http://127.0.0.1:{floor_port}"
-    wait_for_status(floor, f"{floor_url}/readyz", timeout=30)
-    targets.append(
-        Target("floor", "twisted.web static (floor)", floor_url + PATH, floor,
-               "twisted.web serving the same bytes from memory, no upstream: one process, one thread")
-    )  # fmt: skip
+    targets.append(_start_floor(run, pods_file))
     return _Servers(targets, upstream, yurthub, f"http://127.0.0.1:{hub_port}")
+
+
+def _start_floor(run: Run, pods_file: Path) -> Target:
+    """`bench.floor` serving ``pods_file``, ready."""
+    port = free_port()
+    argv = [sys.executable, "-m", "bench.floor", "--port", str(port), "--file", str(pods_file)]
+    env = dict(os.environ, PYTHONPATH=_with_repo_root())
+    floor = run.start(Child("floor", argv, run.temp / "floor.out", cwd=REPO_ROOT, env=env))
+    url = f"http://127.0.0.1:{port}"
+    wait_for_status(floor, f"{url}/readyz", timeout=30)
+    return Target("floor", "twisted.web static (floor)", url + PATH, floor,
+                  "twisted.web serving the same bytes from memory, no upstream: one process, one thread")  # fmt: skip
 
 
 def _verify(targets: list[Target], body: bytes) -> None:

@@ -135,6 +135,14 @@ class UpstreamClientTests(TestCase):
         await sleep(0)
         return response, b"".join(collected.data), ended
 
+    async def next_request_gets_a_new_connection(self, server: _Server, client: UpstreamClient, backend: Backend) -> None:
+        """The first connection is closed, and the next request is answered on a second."""
+        await wait_until(lambda: server.connections[0].transport.disconnected)
+        server.script = lambda head: ok(b"new")
+        response, data, ended = await self.fetch(client, backend)
+        self.assertEqual(data, b"new")
+        self.assertEqual(len(server.connections), 2)
+
     async def test_answers_and_reuses_the_connection(self) -> None:
         server, backend = self.serve(lambda head: ok(b'{"kind":"PodList"}', b"Connection: keep-alive\r\nX-Trace: 1\r\n"))
         client = self.client()
@@ -289,12 +297,7 @@ class UpstreamClientTests(TestCase):
         pending.cancel()
         with self.assertRaises(defer.CancelledError):
             await pending
-        await wait_until(lambda: server.connections[0].transport.disconnected)
-        # The next request gets a connection of its own.
-        server.script = lambda head: ok(b"after")
-        response, body, ended = await self.fetch(client, backend)
-        self.assertEqual(body, b"after")
-        self.assertEqual(len(server.connections), 2)
+        await self.next_request_gets_a_new_connection(server, client, backend)
 
     async def test_stop_producing_mid_body_drops_the_connection(self) -> None:
         big = b"x" * 10
@@ -362,11 +365,7 @@ class UpstreamClientTests(TestCase):
         body = _Body()
         response.deliverBody(body)
         await body.ended
-        await wait_until(lambda: server.connections[0].transport.disconnected)
-        server.script = lambda head: ok(b"new")
-        response, data, ended = await self.fetch(client, backend)
-        self.assertEqual(data, b"new")
-        self.assertEqual(len(server.connections), 2)
+        await self.next_request_gets_a_new_connection(server, client, backend)
 
     async def test_close_cached_connections(self) -> None:
         server, backend = self.serve(lambda head: ok(b"{}"))
