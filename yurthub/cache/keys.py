@@ -74,8 +74,7 @@ class CacheKey:
         check_component(self.component)
         if self.namespace and not _NAMESPACE.match(self.namespace):
             raise InvalidKey(f"invalid namespace {self.namespace!r}")
-        if not _NAME.match(self.name) or ".." in self.name:
-            raise InvalidKey(f"invalid object name {self.name!r}")
+        check_name(self.name)
 
     @classmethod
     def trusted(cls, component: str, gvr: GVR, namespace: str, name: str) -> CacheKey:
@@ -109,3 +108,10 @@ def check_component(component: str) -> str:
     if not _COMPONENT.match(component) or ".." in component:
         raise InvalidKey(f"invalid component {component!r}")
     return component
+
+
+def check_name(name: str) -> str:
+    """``name`` if it can name a cached object (a file), else `InvalidKey`."""
+    if not _NAME.match(name) or ".." in name:
+        raise InvalidKey(f"invalid object name {name!r}")
+    return name

@@ -44,6 +44,17 @@ deleted: a temp file not taken by a journal belongs to a write that never happen
 (never followed: ``O_NOFOLLOW`` and ``lstat``), empty files, files that are not JSON
 objects or have no ``metadata`` are skipped, counted in ``health.corrupt_files`` and
 logged with their path. An object whose metadata has no resourceVersion loads at ``"0"``.
+
+Decoding every file to check it and find its resourceVersion is most of a load's time, so
+the writer keeps a checksum record, ``<dir>/_yurthub/checksums``: per object file its
+length, CRC-32 and the resourceVersion the check above finds in those bytes (see
+`ChecksumRecord`). A file whose length and CRC-32 match its entry is as the writer left
+it and is taken without being decoded; any other file (changed, added or damaged behind
+the record's back, or written after the record) is checked in full. Entries describe
+bytes, not keys, so a record that is old, missing or unreadable costs time, never a wrong
+answer; the record carries a CRC-32 of itself and is ignored whole if that does not match.
+It is rewritten atomically, like any file here, when the writer is idle and enough
+entries changed (`RECORD_MIN_CHANGES`; or any did, `RECORD_MAX_AGE` ago), and at `close`.
 """
 
 from __future__ import annotations
@@ -68,7 +79,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from yurthub.cache.keys import GVR, CacheKey, InvalidKey, check_component
+from yurthub.cache.keys import GVR, CacheKey, InvalidKey, check_component, check_name
 from yurthub.interfaces import IObjectStore
 
 _log = Logger()
@@ -77,6 +88,8 @@ _log = Logger()
 DOCUMENTS_DIR = "_yurthub"
 #: Directory below `DOCUMENTS_DIR` holding list-replacement journals.
 JOURNAL_DIR = "journal"
+#: File below `DOCUMENTS_DIR` holding the checksum record (see `ChecksumRecord`).
+CHECKSUMS_NAME = "checksums"
 #: Every temp file's name starts with this (never a valid key part).
 TEMP_PREFIX = ".tmp-"
 
@@ -89,8 +102,17 @@ MAX_FILE_SIZE = 64 * 1024 * 1024
 PACK_DELAY = 0.5
 PACK_CHUNK = 200
 
+#: The idle writer rewrites the checksum record once this many of its entries changed
+#: (a list's worth), and at least this share of them, or once any did and the record on
+#: disk is this many seconds old. An entry missing from it costs one decode at the next
+#: load (~30 us); rewriting it costs ~30 bytes per object: a trickle of watch events
+#: does not rewrite it, and each change costs at most ~0.5 KB of record writes.
+RECORD_MIN_CHANGES = 256
+RECORD_MIN_SHARE = 1 / 16
+RECORD_MAX_AGE = 600.0
+
 _DOCUMENT_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,199}$")
-_RESERVED_DOCUMENT_NAMES = frozenset({JOURNAL_DIR})
+_RESERVED_DOCUMENT_NAMES = frozenset({JOURNAL_DIR, CHECKSUMS_NAME})
 _MAX_LOGGED_PROBLEMS = 20
 
 Covered = Callable[[CacheKey, bytes], bool]
@@ -102,7 +124,7 @@ class StoreError(Exception):
 
 def check_document_name(name: str) -> str:
     """``name`` if it can name a document (``[a-z0-9][a-z0-9._-]*``, at most 200
-    characters, not ``journal``), else `InvalidKey`."""
+    characters, not ``journal`` nor ``checksums``), else `InvalidKey`."""
     if (
         not isinstance(name, str)
         or not _DOCUMENT_NAME.match(name)
@@ -309,6 +331,17 @@ class ObjectIndex:
         slot = self._slot_of(key)
         return self._data((key.component, key.gvr), slot) if slot is not None else None
 
+    def stored(self, key: CacheKey) -> tuple[bytes, str | None] | None:
+        """The bytes of a cached object and its resourceVersion where the index keeps it
+        apart from them (None where `peek_resource_version` reads it back from the
+        bytes), or None if nothing is cached: what the writer needs to record a file."""
+        slot = self._slot_of(key)
+        if slot is None:
+            return None
+        if isinstance(slot, tuple):
+            return self._data((key.component, key.gvr), slot), slot[0]
+        return slot, None
+
     def _data(self, group: _Group, slot: _Slot) -> bytes:
         return _slot_data(slot, self._dictionaries.get(group))
 
@@ -358,6 +391,9 @@ class ObjectIndex:
 
     def set(self, key: CacheKey, resource_version: str, data: bytes) -> None:
         """Store an object whatever the cached copy's resourceVersion."""
+        self._set_slot(key, _slot(resource_version, data))
+
+    def _set_slot(self, key: CacheKey, slot: _Slot) -> None:
         by_namespace = self._resources.get((key.component, key.gvr))
         if by_namespace is None:
             by_namespace = self._resources[(key.component, key.gvr)] = {}
@@ -366,7 +402,7 @@ class ObjectIndex:
             names = by_namespace[key.namespace] = {}
         if key.name not in names:
             self._count += 1
-        names[key.name] = _slot(resource_version, data)
+        names[key.name] = slot
         self._unpacked[((key.component, key.gvr), key.namespace)] = None
         self.generation += 1
 
@@ -730,7 +766,12 @@ class _Disk:
             size = os.fstat(fd).st_size
             if size > MAX_FILE_SIZE:
                 raise OSError(errno.EFBIG, "larger than the largest cached object", path)
-            chunks = []
+            # Nearly always one read, of the size fstat gave, does it (saves a read per
+            # file at load); a file that changed size meanwhile is read to its end.
+            first = os.read(fd, size + 1)
+            if len(first) == size:
+                return first
+            chunks = [first]
             while chunk := os.read(fd, max(size + 1, 65536)):
                 chunks.append(chunk)
             return b"".join(chunks)
@@ -794,18 +835,175 @@ def _describe(exc: OSError, path: str) -> str:
     return " ".join(text.split())
 
 
+# --- the checksum record ---------------------------------------------------------------
+
+_RECORD_MAGIC = b"yurthub-checksums 1"
+
+#: An entry of the record: ``length << 32 | crc32`` of a file's bytes when
+#: `peek_resource_version` reads the resourceVersion a load would find back from them,
+#: else that and the resourceVersion. One int per object: 10,000 entries take ~0.7 MB.
+_Signature = int | tuple[int, str]
+
+
+def _signature(data: bytes, resource_version: str) -> _Signature:
+    """The record entry of ``data``, whose resourceVersion (as a load finds it) is
+    ``resource_version``."""
+    signature = len(data) << 32 | zlib.crc32(data)
+    if peek_resource_version(data) == resource_version:
+        return signature
+    return (signature, resource_version)
+
+
+def _written_signature(data: bytes, kept: str | None) -> _Signature | None:
+    """The record entry of bytes the writer wrote for an object the index holds at
+    resourceVersion ``kept`` (None: the one `peek_resource_version` reads from them), or
+    None if a load would refuse them.
+
+    The cache manager decoded these bytes and took the resourceVersion from their
+    ``metadata``; where the first one in the bytes is that one, it is what a load's full
+    check finds too, and nothing is decoded here. Anything else (a version kept apart
+    from the bytes, none at all, bytes that do not look like an object) is decoded, so
+    the record never says more than a load would find."""
+    peeked = peek_resource_version(data)
+    rv = peeked if kept is None else kept
+    if rv and peeked == rv and data[:1] == b"{" and data[-1:] == b"}":
+        return len(data) << 32 | zlib.crc32(data)
+    found = _resource_version(data)
+    if isinstance(found, _Corrupt):
+        return None
+    return _signature(data, found)
+
+
+def _recorded_version(entry: Any, data: bytes, signature: int) -> str | None:
+    """The resourceVersion a record ``entry`` (as decoded from the file) gives for
+    ``data``, whose length and CRC-32 make ``signature``; None unless they match it."""
+    if type(entry) is int:
+        return (peek_resource_version(data) or None) if entry == signature else None
+    if type(entry) is list and len(entry) == 2 and entry[0] == signature:
+        rv = entry[1]
+        return rv if type(rv) is str else None
+    return None
+
+
+class ChecksumRecord:
+    """What the writer knows of the object files it wrote or loaded: per directory
+    (relative to the cache directory, as in `CacheKey.parts`) and file name, a
+    `_Signature`. Writer-thread only.
+
+    An entry is a fact about bytes, not about a key: a load uses it only for a file whose
+    length and CRC-32 are the ones recorded, so an entry that a later write, a failed
+    write or a crash left behind is never wrong, only unused. ``changes`` counts entries
+    changed since the record was last written.
+
+    On disk: one line ``yurthub-checksums 1 <crc32 of the rest, hex> <length of the
+    rest>``, then a JSON object ``{directory: {name: signature}}``, a signature being the
+    `_Signature` int or ``[int, resourceVersion]``.
+    """
+
+    def __init__(self) -> None:
+        self.sections: dict[str, dict[str, _Signature]] = {}
+        self.changes = 0
+
+    @property
+    def worth_writing(self) -> bool:
+        """True once enough entries changed to rewrite the record (`RECORD_MIN_CHANGES`,
+        `RECORD_MIN_SHARE`)."""
+        changes = self.changes
+        if changes < RECORD_MIN_CHANGES:
+            return False
+        entries = sum(len(section) for section in self.sections.values())
+        return changes >= RECORD_MIN_SHARE * entries
+
+    @staticmethod
+    def directory_of(key: CacheKey) -> str:
+        """The record's directory for ``key``'s file."""
+        if key.namespace:
+            return f"{key.component}/{key.gvr.dirname}/{key.namespace}"
+        return f"{key.component}/{key.gvr.dirname}"
+
+    def put(self, key: CacheKey, data: bytes, kept: str | None) -> None:
+        """``data`` was written for ``key`` (see `_written_signature` for ``kept``)."""
+        signature = _written_signature(data, kept)
+        if signature is None:
+            self.remove(key)
+            return
+        directory = self.directory_of(key)
+        section = self.sections.get(directory)
+        if section is None:
+            section = self.sections[directory] = {}
+        if section.get(key.name) != signature:
+            section[key.name] = signature
+            self.changes += 1
+
+    def remove(self, key: CacheKey) -> None:
+        """``key``'s file was removed."""
+        section = self.sections.get(self.directory_of(key))
+        if section is not None and section.pop(key.name, None) is not None:
+            self.changes += 1
+
+    def encode(self) -> bytes:
+        """The record as its file holds it. Built into one buffer, entry by entry, so
+        that no object per entry outlives its line."""
+        body = bytearray(b"{")
+        for directory in sorted(self.sections):
+            section = self.sections[directory]
+            if not section:
+                del self.sections[directory]
+                continue
+            if len(body) > 1:
+                body += b","
+            body += _json_text(directory) + b":{"
+            first = True
+            for name, signature in section.items():
+                if not first:
+                    body += b","
+                first = False
+                if type(signature) is int:
+                    body += b"%s:%d" % (_json_text(name), signature)
+                else:
+                    number, rv = signature  # type: ignore[misc]
+                    body += b"%s:[%d,%s]" % (_json_text(name), number, _json_text(rv))
+            body += b"}"
+        body += b"}"
+        return b"%s %08x %d\n%s" % (_RECORD_MAGIC, zlib.crc32(body), len(body), body)
+
+    @staticmethod
+    def decode(data: bytes) -> dict[str, Any] | None:
+        """``{directory: {name: entry}}`` from a record file's bytes, entries as decoded
+        (`_recorded_version` checks each as it is used); None unless the bytes are a
+        whole record of this version."""
+        head, newline, body = data.partition(b"\n")
+        magic, _, rest = head.rpartition(b" ")
+        magic, _, crc = magic.rpartition(b" ")
+        if not newline or magic != _RECORD_MAGIC:
+            return None
+        try:
+            if int(crc, 16) != zlib.crc32(body) or int(rest) != len(body):
+                return None
+            sections = json.loads(body)
+        except ValueError:
+            return None
+        if not isinstance(sections, dict) or not all(
+            isinstance(section, dict) for section in sections.values()
+        ):
+            return None
+        return sections
+
+
 # --- the writer's work -----------------------------------------------------------------
 
 
 @dataclass
 class _Batch:
-    """One writer turn. A replacement's keys and bytes are two parallel lists rather than
-    a list of pairs: after a 10,000-object list that is 10,000 fewer small objects."""
+    """One writer turn. A replacement's keys, bytes and kept resourceVersions (see
+    `ObjectIndex.stored`) are parallel lists rather than a list of triples: after a
+    10,000-object list that is 10,000 fewer small objects."""
 
     turn: int
-    plain: list[tuple[CacheKey, bytes | None]]
+    plain: list[tuple[CacheKey, bytes | None, str | None]]
     group: list[CacheKey]
     group_data: list[bytes | None]
+    group_rvs: list[str | None]
     documents: list[tuple[str, bytes | None]]
     waiters: list[defer.Deferred[None]]
 
@@ -817,6 +1015,11 @@ class _Loaded:
     problems: list[tuple[str, str]] = field(default_factory=list)
     recovered: int = 0
     seconds: float = 0.0
+    #: The checksum record as the load leaves it, how many files it could not vouch for
+    #: (decoded in full), and why the record on disk was not used, if it was not.
+    record: ChecksumRecord = field(default_factory=ChecksumRecord)
+    checked: int = 0
+    record_note: str = ""
 
 
 _NEW, _LOADING, _RUNNING, _CLOSING, _CLOSED, _FAILED = (
@@ -891,6 +1094,11 @@ class FilesystemObjectStore(IndexedReads):
         # Writer-thread only.
         self._known_dirs: set[str] = set()
         self._error_streak = 0
+        self._record = ChecksumRecord()
+        # When the record was last written (or the store loaded), and when a write of it
+        # that failed may be tried again (monotonic seconds).
+        self._record_written_at = 0.0
+        self._record_retry_at = 0.0
 
     def __repr__(self) -> str:
         return f"<FilesystemObjectStore {self.directory} {len(self._index)} objects {self._state}>"
@@ -918,6 +1126,10 @@ class FilesystemObjectStore(IndexedReads):
     @property
     def _journal_dir(self) -> str:
         return os.path.join(self.directory, DOCUMENTS_DIR, JOURNAL_DIR)
+
+    @property
+    def _record_path(self) -> str:
+        return os.path.join(self.directory, DOCUMENTS_DIR, CHECKSUMS_NAME)
 
     # --- reads ---------------------------------------------------------------------
 
@@ -1093,12 +1305,14 @@ class FilesystemObjectStore(IndexedReads):
             except StoreError as exc:
                 self._reactor.callFromThread(self._load_failed, exc)
                 return
+            self._record = loaded.record
+            self._record_written_at = time.monotonic()
             self._reactor.callFromThread(self._install, loaded)
             # Writes made while loading are queued by the install, on the loaded view.
             self._installed.wait()
             while True:
                 with self._wake:
-                    self._wait_packing()
+                    self._wait_idle()
                     if not self._has_work():
                         self._state = _CLOSED
                         break
@@ -1112,42 +1326,100 @@ class FilesystemObjectStore(IndexedReads):
                 waiters, batch = batch.waiters, None
                 if waiters:
                     self._reactor.callFromThread(_fire, waiters, None)
+            # Writes from now on reach memory only: the record can be brought up to date.
+            if self._record.worth_writing:
+                self._write_record()
             self._reactor.callFromThread(self._writer_stopped)
         except BaseException as exc:  # the thread is dying: say so, never hang callers
             self._writer_died(exc, batch.waiters if batch is not None else [])
 
-    def _wait_packing(self) -> None:
-        """Wait for work (lock held); meanwhile, once idle for `PACK_DELAY`, pack the
-        objects in memory a chunk at a time and then release the memory they freed."""
+    def _wait_idle(self) -> None:
+        """Wait for work (lock held); meanwhile, once idle for `PACK_DELAY`, write the
+        checksum record if it is due, pack the objects in memory a chunk at a time and
+        then release the memory they freed."""
         idle = packed = False
         while not self._has_work() and self._state != _CLOSING:
-            if not self._index.packable:
-                release = self.release_memory
-                if packed and release is not None:
-                    packed = False
-                    self._lock.release()
-                    try:
-                        release()
-                    finally:
-                        self._lock.acquire()
-                    continue
-                self._wake.wait()
-            elif idle or not self._wake.wait(PACK_DELAY):
-                idle = True
+            due = self._record_due()
+            if not idle:
+                if self._index.packable or due is not None:
+                    idle = not self._wake.wait(PACK_DELAY)
+                else:
+                    self._wake.wait()
+                continue
+            if due == 0:
+                self._lock.release()
+                try:
+                    self._write_record()
+                finally:
+                    self._lock.acquire()
+            elif self._index.packable:
                 packed = self._index.pack(PACK_CHUNK) > 0 or packed
                 self._wake.wait(0.001)  # let the reactor's writes in between chunks
+            elif packed and self.release_memory is not None:
+                packed = False
+                release = self.release_memory
+                self._lock.release()
+                try:
+                    release()
+                finally:
+                    self._lock.acquire()
+            else:
+                self._wake.wait(due)
+
+    def _record_due(self) -> float | None:
+        """Seconds until the idle writer should write the checksum record: 0 now, None
+        while it is up to date."""
+        changes = self._record.changes
+        if not changes:
+            return None
+        now = time.monotonic()
+        if self._record.worth_writing:
+            wait = 0.0
+        else:
+            wait = self._record_written_at + RECORD_MAX_AGE - now
+        return max(0.0, wait, self._record_retry_at - now)
+
+    def _write_record(self) -> None:
+        """Write the checksum record (writer thread, no lock held). It is only ever a
+        shortcut for the next load, so a failure is logged at debug level and tried again
+        `RECORD_MAX_AGE` later, never counted as a disk error."""
+        now = time.monotonic()
+        changes, self._record.changes = self._record.changes, 0
+        try:
+            self._ensure_dir(os.path.dirname(self._record_path))
+            self._disk.write_atomic(self._record_path, self._record.encode())
+            self._disk.fsync_dir(os.path.dirname(self._record_path))
+        except OSError as exc:
+            self._record.changes += changes
+            self._record_retry_at = now + RECORD_MAX_AGE
+            self._reactor.callFromThread(
+                _log.debug,
+                "cache: checksum record not written: {error}",
+                error=_describe(exc, exc.filename or self._record_path),
+            )
+            return
+        self._record_written_at = now
 
     def _has_work(self) -> bool:
         return bool(self._dirty or self._group or self._dirty_documents or self._waiters)
 
     def _take_batch(self) -> _Batch:
         """Everything queued, with the bytes memory holds for it now (lock held)."""
-        entry = self._index.get
+        stored = self._index.stored
         group = builtins.list(self._group)
-        group_data = [entry(key) for key in group]
-        plain = [(key, entry(key)) for key in self._dirty if key not in self._group]
+        group_data: builtins.list[bytes | None] = []
+        group_rvs: builtins.list[str | None] = []
+        for key in group:
+            found = stored(key)
+            group_data.append(found[0] if found is not None else None)
+            group_rvs.append(found[1] if found is not None else None)
+        plain: builtins.list[tuple[CacheKey, bytes | None, str | None]] = []
+        for key in self._dirty:
+            if key not in self._group:
+                found = stored(key)
+                plain.append((key, *found) if found is not None else (key, None, None))
         documents = [(name, self._documents.get(name)) for name in self._dirty_documents]
-        batch = _Batch(self._turn, plain, group, group_data, documents, self._waiters)
+        batch = _Batch(self._turn, plain, group, group_data, group_rvs, documents, self._waiters)
         self._turn += 1
         self._in_flight = len(group) + len(plain) + len(documents)
         self._dirty, self._group, self._dirty_documents, self._waiters = {}, {}, {}, []
@@ -1158,11 +1430,11 @@ class FilesystemObjectStore(IndexedReads):
         failed: builtins.list[CacheKey] = []
         self._retry_journals()
         if batch.group:
-            ok, bad = self._write_group(batch.turn, batch.group, batch.group_data)
+            ok, bad = self._write_group(batch.turn, batch.group, batch.group_data, batch.group_rvs)
             written += ok
             failed += bad
         by_dir: dict[str, builtins.list[CacheKey]] = {}
-        for key, data in batch.plain:
+        for key, data, kept in batch.plain:
             path = self.path_of(key)
             try:
                 changed = self._write_file(path, data)
@@ -1170,6 +1442,10 @@ class FilesystemObjectStore(IndexedReads):
                 self._disk_error(exc, path)
                 failed.append(key)
                 continue
+            if data is None:
+                self._record.remove(key)
+            else:
+                self._record.put(key, data, kept)
             if not changed:
                 written.append(key)
             for directory in changed:
@@ -1226,10 +1502,15 @@ class FilesystemObjectStore(IndexedReads):
         return changed
 
     def _write_group(
-        self, turn: int, keys: builtins.list[CacheKey], datas: builtins.list[bytes | None]
+        self,
+        turn: int,
+        keys: builtins.list[CacheKey],
+        datas: builtins.list[bytes | None],
+        rvs: builtins.list[str | None],
     ) -> tuple[builtins.list[CacheKey], builtins.list[CacheKey]]:
-        """Write a replacement (``datas[i]`` for ``keys[i]``, None to delete) through a
-        journal (see the module docstring); the keys now on disk and those that failed.
+        """Write a replacement (``datas[i]`` for ``keys[i]``, None to delete; ``rvs[i]``
+        as `ObjectIndex.stored` gives it) through a journal (see the module docstring);
+        the keys now on disk and those that failed.
 
         Nothing per key is held across the steps: the temp file of ``keys[i]`` is named
         from this group's random token and ``i``, and paths are worked out again where
@@ -1291,6 +1572,8 @@ class FilesystemObjectStore(IndexedReads):
                 self._disk_error(exc, target)
                 _quietly(disk.unlink, temp)
                 failed.append(key)
+                continue
+            self._record.put(key, datas[i], rvs[i])  # type: ignore[arg-type]  # not None
         for i, key in enumerate(keys):
             if datas[i] is not None:
                 continue
@@ -1299,12 +1582,14 @@ class FilesystemObjectStore(IndexedReads):
                 disk.unlink(target)
             except FileNotFoundError:
                 gone.append(key)
+                self._record.remove(key)
                 continue
             except OSError as exc:
                 self._disk_error(exc, target)
                 failed.append(key)
                 continue
             ok.setdefault(os.path.dirname(target), []).append(key)
+            self._record.remove(key)
         written: builtins.list[CacheKey] = gone
         for directory, done in ok.items():
             try:
@@ -1395,7 +1680,7 @@ class FilesystemObjectStore(IndexedReads):
         with self._lock:
             self.health.errors += 1
             self.health.last_error = f"cache writer: {failure.getErrorMessage()}"
-        keys = batch.group + [k for k, _ in batch.plain]
+        keys = batch.group + [k for k, _, _ in batch.plain]
         self._settle(batch.turn, [], keys, [], [n for n, _ in batch.documents])
         self._reactor.callFromThread(_log.failure, "cache writer turn failed", failure)
 
@@ -1442,13 +1727,18 @@ class FilesystemObjectStore(IndexedReads):
                 "cache: skipped {count} more entries",
                 count=len(loaded.problems) - _MAX_LOGGED_PROBLEMS,
             )
+        if loaded.record_note:
+            _log.debug(
+                "cache: {note}; every object file is checked in full", note=loaded.record_note
+            )
         _log.info(
-            "cache: loaded {objects} objects and {documents} documents from {directory} in {seconds:.3f}s"
-            " ({recovered} interrupted replacements recovered)",
+            "cache: loaded {objects} objects and {documents} documents from {directory} in {seconds:.3f}s,"
+            " {checked} files checked in full ({recovered} interrupted replacements recovered)",
             objects=len(loaded.index),
             documents=len(loaded.documents),
             directory=self.directory,
             seconds=loaded.seconds,
+            checked=loaded.checked,
             recovered=loaded.recovered,
         )
         d, self._loading = self._loading, None
@@ -1500,8 +1790,9 @@ class FilesystemObjectStore(IndexedReads):
             raise StoreError(
                 f"cache directory {root}: cannot finish an interrupted replacement: {_describe(exc, exc.filename or root)}"
             ) from exc
+        known = self._read_record(loaded)
         try:
-            self._walk(loaded)
+            self._walk(loaded, known)
         except OSError as exc:
             raise StoreError(
                 f"cache directory {root} cannot be read: {_describe(exc, exc.filename or root)}"
@@ -1595,7 +1886,29 @@ class FilesystemObjectStore(IndexedReads):
             out_deletes.append(os.path.join(self.directory, *target.split("/")))
         return out_renames, out_deletes
 
-    def _walk(self, loaded: _Loaded) -> None:
+    def _read_record(self, loaded: _Loaded) -> dict[str, Any]:
+        """The checksum record's sections as decoded (`ChecksumRecord.decode`), or ``{}``
+        if there is no usable record (why goes to ``loaded.record_note``). ``loaded``'s
+        new record starts with as many changes as the old one has entries: each entry
+        that a file then matches takes one off."""
+        try:
+            data = self._disk.read(self._record_path)
+        except FileNotFoundError:
+            loaded.record_note = "no checksum record"
+            return {}
+        except OSError as exc:
+            loaded.record_note = f"checksum record unreadable: {_describe(exc, self._record_path)}"
+            return {}
+        sections = ChecksumRecord.decode(data)
+        if sections is None:
+            loaded.record_note = (
+                f"checksum record {self._record_path} is damaged or of another version"
+            )
+            return {}
+        loaded.record.changes = sum(len(section) for section in sections.values())
+        return sections
+
+    def _walk(self, loaded: _Loaded, known: dict[str, Any]) -> None:
         problems = loaded.problems
         with os.scandir(self.directory) as top:
             components = sorted(top, key=lambda e: e.name)
@@ -1615,9 +1928,11 @@ class FilesystemObjectStore(IndexedReads):
             except InvalidKey as exc:
                 problems.append((entry.path, str(exc)))
                 continue
-            self._walk_component(entry.name, entry.path, loaded)
+            self._walk_component(entry.name, entry.path, loaded, known)
 
-    def _walk_component(self, component: str, path: str, loaded: _Loaded) -> None:
+    def _walk_component(
+        self, component: str, path: str, loaded: _Loaded, known: dict[str, Any]
+    ) -> None:
         problems = loaded.problems
         for entry in _scan(path, problems):
             if self._leftover(entry):
@@ -1632,24 +1947,32 @@ class FilesystemObjectStore(IndexedReads):
             except InvalidKey as exc:
                 problems.append((entry.path, str(exc)))
                 continue
+            files = _Section(f"{component}/{gvr.dirname}", known, loaded.record)
             for item in _scan(entry.path, problems):
                 if self._leftover(item):
                     continue
                 if item.is_symlink():
                     problems.append((item.path, "symlink"))
                 elif item.is_dir(follow_symlinks=False):
-                    self._walk_namespace(component, gvr, item.name, item.path, loaded)
+                    self._walk_namespace(component, gvr, item.name, item.path, loaded, known)
                 else:
-                    self._read_object(component, gvr, "", item, loaded)
+                    self._read_object(component, gvr, "", item, loaded, files)
 
     def _walk_namespace(
-        self, component: str, gvr: GVR, namespace: str, path: str, loaded: _Loaded
+        self,
+        component: str,
+        gvr: GVR,
+        namespace: str,
+        path: str,
+        loaded: _Loaded,
+        known: dict[str, Any],
     ) -> None:
         try:
             CacheKey(component, gvr, namespace, "x")
         except InvalidKey as exc:
             loaded.problems.append((path, str(exc)))
             return
+        files = _Section(f"{component}/{gvr.dirname}/{namespace}", known, loaded.record)
         for item in _scan(path, loaded.problems):
             if self._leftover(item):
                 continue
@@ -1658,13 +1981,23 @@ class FilesystemObjectStore(IndexedReads):
                     (item.path, "symlink" if item.is_symlink() else "unexpected directory")
                 )
             else:
-                self._read_object(component, gvr, namespace, item, loaded)
+                self._read_object(component, gvr, namespace, item, loaded, files)
 
     def _read_object(
-        self, component: str, gvr: GVR, namespace: str, entry: os.DirEntry[str], loaded: _Loaded
+        self,
+        component: str,
+        gvr: GVR,
+        namespace: str,
+        entry: os.DirEntry[str],
+        loaded: _Loaded,
+        files: _Section,
     ) -> None:
+        """Load one object file: taken as it is if the checksum record vouches for its
+        bytes, else checked in full (and refused if it is not an object)."""
+        name = entry.name
         try:
-            key = CacheKey(component, gvr, namespace, entry.name)
+            # The other parts were checked once for the directory.
+            key = CacheKey.trusted(component, gvr, namespace, check_name(name))
         except InvalidKey as exc:
             loaded.problems.append((entry.path, str(exc)))
             return
@@ -1676,15 +2009,30 @@ class FilesystemObjectStore(IndexedReads):
         except OSError as exc:
             loaded.problems.append((entry.path, f"unreadable: {exc.strerror}"))
             return
-        rv = _resource_version(data)
-        if isinstance(rv, _Corrupt):
-            loaded.problems.append((entry.path, rv.why))
-            return
-        loaded.index.set(key, rv, data)
+        signature = len(data) << 32 | zlib.crc32(data)
+        recorded = files.known.get(name) if files.known else None
+        rv = _recorded_version(recorded, data, signature) if recorded is not None else None
+        if rv is not None:
+            entry_of: _Signature = signature if type(recorded) is int else (signature, rv)
+            files.matched(name, entry_of)
+        else:
+            found = _resource_version(data)
+            loaded.checked += 1
+            if isinstance(found, _Corrupt):
+                loaded.problems.append((entry.path, found.why))
+                return
+            rv = found
+            entry_of = _signature(data, rv)
+            files.checked(name, entry_of)
+        # A bare signature says the bytes give the resourceVersion back: the index keeps
+        # them alone (see `_slot`) without peeking again.
+        loaded.index._set_slot(key, data if type(entry_of) is int else (rv, data))
 
     def _walk_documents(self, path: str, loaded: _Loaded) -> None:
         for entry in _scan(path, loaded.problems):
             if entry.name == JOURNAL_DIR and entry.is_dir(follow_symlinks=False):
+                continue
+            if entry.name == CHECKSUMS_NAME:  # read by `_read_record`, never a document
                 continue
             if self._leftover(entry):
                 continue
@@ -1707,6 +2055,35 @@ class FilesystemObjectStore(IndexedReads):
             return False
         self._disk.unlink(entry.path)
         return True
+
+
+class _Section:
+    """One directory of object files as a load meets it: what the checksum record on
+    disk says of its files (``known``) and the new record's entries for them."""
+
+    __slots__ = ("known", "_directory", "_record", "_entries")
+
+    def __init__(self, directory: str, known: dict[str, Any], record: ChecksumRecord) -> None:
+        found = known.get(directory)
+        self.known: dict[str, Any] | None = found if isinstance(found, dict) else None
+        self._directory = directory
+        self._record = record
+        self._entries: dict[str, _Signature] | None = None
+
+    def _add(self, name: str, signature: _Signature) -> None:
+        if self._entries is None:
+            self._entries = self._record.sections.setdefault(self._directory, {})
+        self._entries[name] = signature
+
+    def matched(self, name: str, signature: _Signature) -> None:
+        """``name``'s bytes are as its entry on disk says: kept, not a change."""
+        self._add(name, signature)
+        self._record.changes -= 1
+
+    def checked(self, name: str, signature: _Signature) -> None:
+        """``name`` was checked in full: a new entry, a change to write."""
+        self._add(name, signature)
+        self._record.changes += 1
 
 
 class _Corrupt:
