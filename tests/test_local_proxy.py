@@ -8,7 +8,7 @@ import json
 from twisted.trial.unittest import SynchronousTestCase
 
 from tests.offline_support import Answer, ask, feed_answer, make_local, pod, pod_list
-from yurthub.proxy.local import token_request_from_protobuf
+from yurthub.proxy.local import list_body, token_request_from_protobuf
 
 
 def seeded():  # type: ignore[no-untyped-def]
@@ -373,3 +373,17 @@ class ListMemoTests(SynchronousTestCase):
         self.assertEqual(len(local._big), 1)
         clock.advance(1.5)
         self.assertEqual(local._big, {})  # idle for BIG_ANSWER_IDLE: memory handed back
+
+
+class ListBodyTests(SynchronousTestCase):
+    """Cached objects spliced into a list answer's bytes."""
+
+    def test_items_are_spliced_between_head_and_tail(self) -> None:
+        head = b'{"kind":"PodList","apiVersion":"v1","metadata":{"resourceVersion":"5"}}'
+        for items in ([], [b'{"a":1}'], [b'{"a":1}', b'{"b": [2]}', b'{"c":"3,4"}']):
+            body = list_body(head, items)
+            self.assertEqual(
+                json.loads(body),
+                {"kind": "PodList", "apiVersion": "v1", "metadata": {"resourceVersion": "5"},
+                 "items": [json.loads(i) for i in items]},
+            )  # fmt: skip

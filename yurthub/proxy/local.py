@@ -77,6 +77,17 @@ def _query(info: RequestInfo, name: str) -> str | None:
     return info.query_value(name)
 
 
+
+def list_body(head: bytes, items: list[bytes]) -> bytes:
+    """A list answer: ``head`` (the list's JSON object without items) with ``items`` (each
+    an encoded object) spliced in, copied once. A 10,000-pod list is ~29 MB: joining the
+    items and then adding head and tail copied it three times."""
+    parts = [b","] * (2 * len(items) + 1) if items else [b"", b""]
+    parts[0] = head[:-1] + b',"items":['
+    parts[1:-1:2] = items
+    parts[-1] = b"]}"
+    return b"".join(parts)
+
 class TokenSigner:
     """Signs short-lived service-account tokens (HS256 JWTs) with a key of this process.
 
@@ -312,7 +323,7 @@ class LocalProxy:
         kind = _list_kind(chosen, info)
         api_version = f"{info.api_group}/{info.api_version}" if info.api_group else info.api_version
         head = _encode({"kind": kind, "apiVersion": api_version, "metadata": {"resourceVersion": str(rv)}})
-        body = head[:-1] + b',"items":[' + b",".join(o.data for o in chosen) + b"]}"
+        body = list_body(head, [o.data for o in chosen])
         _json_answer(request, 200, body)
         return 200, body
 
