@@ -75,7 +75,7 @@ def draw_chart(summary: Mapping[str, Any], path: Path) -> Path:
     )
 
     def colour(row: Mapping[str, Any]) -> str:
-        return _COLOURS.get(row["verdict"], _NO_VERDICT)
+        return _COLOURS.get(row["verdict"].removesuffix(" (noisy)"), _NO_VERDICT)
 
     # Against the anchor.
     bars = [_against_anchor(r) for r in upper]

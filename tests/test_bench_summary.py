@@ -114,9 +114,9 @@ def reports() -> dict[str, dict[str, Any]]:
     }
 
 
-def summary_of(measured: dict[str, Any], *, quick: bool = False) -> dict[str, Any]:
+def summary_of(measured: dict[str, Any], *, quick: bool = False, steal: float = 3.2) -> dict[str, Any]:
     return build_summary(
-        measured, quick=quick, elapsed_s=61.0, durations_s={"proxy-list": 10.0}, steal_percent=3.2
+        measured, quick=quick, elapsed_s=61.0, durations_s={"proxy-list": 10.0}, steal_percent=steal
     )
 
 
@@ -149,6 +149,16 @@ class BuildSummaryTests(SynchronousTestCase):
         self.assertNotIn("below target", note)
         self.assertEqual(rows["offline_small_rps"]["note"], "")
         self.assertIn("median of 3 paired rounds", rows["flowcontrol_overhead"]["note"])
+
+    def test_a_run_with_much_steal_marks_its_timed_verdicts_noisy(self) -> None:
+        rows = {row["key"]: row for row in summary_of(reports(), steal=52.0)["rows"]}
+        self.assertEqual(rows["online_list_rps"]["verdict"], "FAIL (noisy)")
+        self.assertTrue(rows["flowcontrol_overhead"]["verdict"].endswith(" (noisy)"))
+        # Memory and failed requests do not move with steal.
+        self.assertEqual(rows["rss_after_caching_mb"]["verdict"], "FAIL")
+        self.assertEqual(rows["failover_failed_requests"]["verdict"], "PASS")
+        quiet = {row["key"]: row for row in summary_of(reports(), steal=3.2)["rows"]}
+        self.assertEqual(quiet["online_list_rps"]["verdict"], "FAIL")
 
     def test_quick_run_has_no_verdicts(self) -> None:
         summary = summary_of(reports(), quick=True)
