@@ -62,6 +62,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                         help="wrk threads (default 2; at most --connections)")  # fmt: skip
     parser.add_argument("--warmup", type=float, default=None,
                         help="seconds of unmeasured load before each measurement (default 1, 0.25 with --quick)")  # fmt: skip
+    parser.add_argument("--cooldown", type=float, default=0.0,
+                        help="seconds of rest before each timed configuration and restart (default 0): on a "
+                        "burstable VM, whose hypervisor steals more of the CPUs the longer both are busy, "
+                        "each row then starts alike")  # fmt: skip
     parser.add_argument("--rounds", type=int, default=None,
                         help="measure each configuration this many times, report the median (default 1; "
                         "flowcontrol: 3 of each limiter setting, interleaved, 1 with --quick)")  # fmt: skip
@@ -108,6 +112,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         args.warmup = 0.25 if args.quick else 1.0
     if args.chart is None:
         args.chart = args.results.with_name("results.png")
+    if args.cooldown < 0:
+        parser.error("--cooldown must be at least 0")
     if args.connections < 1:
         parser.error("--connections must be at least 1")
     if args.rounds is not None and args.rounds < 1:
@@ -168,6 +174,7 @@ def _run_one(name: str, args: argparse.Namespace) -> int:
             flowcontrol.Settings(
                 duration=args.duration,
                 warmup=args.warmup,
+                cooldown=args.cooldown,
                 connections=args.connections,
                 threads=args.threads,
                 rounds=args.flowcontrol_rounds,
@@ -196,6 +203,7 @@ def _run_one(name: str, args: argparse.Namespace) -> int:
                 connections=args.connections,
                 threads=args.threads,
                 warmup=args.warmup,
+                cooldown=args.cooldown,
                 rounds=args.rounds,
                 results_path=args.results,
                 keep_temp=args.keep_temp,
@@ -205,6 +213,7 @@ def _run_one(name: str, args: argparse.Namespace) -> int:
         autonomy.Settings(
             duration=args.duration,
             warmup=args.warmup,
+            cooldown=args.cooldown,
             connections=args.connections,
             threads=args.threads,
             rounds=args.rounds,

@@ -122,6 +122,8 @@ class Settings:
 
     duration: float = 10.0
     warmup: float = 1.0
+    #: Seconds of rest before each wrk configuration and each restart (see `Load.cooldown`).
+    cooldown: float = 0.0
     #: wrk connections for the 100-pod list and for the 10,000-pod list.
     connections: int = 16
     bulk_connections: int = 4
@@ -581,6 +583,7 @@ def _measure_offline(
     small_load = Load(
         wrk=run.tools.wrk, script=script, duration=settings.duration, warmup=settings.warmup,
         connections=settings.connections, threads=settings.threads, headers=REQUEST_HEADERS,
+        cooldown=settings.cooldown,
     )  # fmt: skip
     # No wrk warm-up for the big list: a warm-up's unfinished answers would still be built
     # when the timed run starts. Each server answered it at least once already.
@@ -593,6 +596,7 @@ def _measure_offline(
         threads=min(settings.threads, settings.bulk_connections),
         headers=REQUEST_HEADERS,
         timeout=BULK_WRK_TIMEOUT,
+        cooldown=settings.cooldown,
     )
     small_kb, bulk_mb = len(offline.small) / 1000, len(offline.bulk) / 1e6
     targets = [
@@ -623,6 +627,8 @@ def restart_offline(run: Run, hub: Hub, cloud: Cloud, settings: Settings) -> dic
     """SIGTERM yurthub, start it again (the cloud stopped) and time the first complete
     200 answer of the 10,000-pod list from the moment the process is started."""
     hub.child.stop(grace=30)
+    if settings.cooldown > 0:
+        time.sleep(settings.cooldown)
     window = CpuWindow(run, hub, cloud)
     window.begin()
     start = time.monotonic()

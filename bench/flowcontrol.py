@@ -79,6 +79,8 @@ class Settings:
 
     duration: float = 10.0
     warmup: float = 1.0
+    #: Seconds of rest before each measured configuration (see `Load.cooldown`).
+    cooldown: float = 0.0
     connections: int = 16
     threads: int = 2
     #: Measurements of each limiter setting (interleaved, order swapped every round).
@@ -218,6 +220,7 @@ def _overhead(
         connections=settings.connections,
         threads=settings.threads,
         headers=REQUEST_HEADERS,
+        cooldown=settings.cooldown,
     )
     rounds: list[list[Row]] = []
     orders: list[list[str]] = []

@@ -44,6 +44,10 @@ class Load:
     headers: Mapping[str, str]
     #: wrk's per-request timeout, seconds: a slower answer counts as a timeout error.
     timeout: float = 5.0
+    #: Seconds of rest before each configuration's warm-up. On a burstable VM the
+    #: hypervisor takes more and more of the CPUs under sustained load (steal), so rows
+    #: measured later in a run are slowed more; a rest lets each start alike.
+    cooldown: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -124,6 +128,8 @@ def measure(load: Load, target: Target, upstream: Child, children: Sequence[Chil
             timeout=load.timeout,
         )
 
+    if load.cooldown > 0:
+        time.sleep(load.cooldown)
     if load.warmup > 0:
         wrk_for(load.warmup)
     for child in children:

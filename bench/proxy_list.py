@@ -64,6 +64,8 @@ class Settings:
     connections: int = 16
     threads: int = 2
     warmup: float = 1.0
+    #: Seconds of rest before each configuration (see `Load.cooldown`).
+    cooldown: float = 0.0
     #: Measure every configuration this many times (in turn) and report each one's median
     #: round, which steadies the figures on a shared or noisy machine.
     rounds: int = 1
@@ -220,6 +222,7 @@ def run(settings: Settings, emit: Callable[[str], None] = print) -> int:
                 connections=settings.connections,
                 threads=settings.threads,
                 headers=REQUEST_HEADERS,
+                cooldown=settings.cooldown,
             )
             rounds: list[list[Row]] = []
             for number in range(1, settings.rounds + 1):

@@ -203,3 +203,35 @@ class DrawChartTests(SynchronousTestCase):
         path = Path(self.mktemp()) / "chart.png"
         draw_chart(summary_of(measured, quick=True), path)
         self.assertEqual(path.read_bytes()[:8], PNG_SIGNATURE)
+
+
+class CommandLineTests(SynchronousTestCase):
+    """`python -m bench` options that reach the measurements."""
+
+    def test_cooldown_reaches_every_timed_benchmark(self) -> None:
+        from bench.__main__ import parse_args
+
+        args = parse_args(["--cooldown", "20"])
+        self.assertEqual(args.cooldown, 20.0)
+        self.assertEqual(parse_args([]).cooldown, 0.0)
+        with self.assertRaises(SystemExit):
+            parse_args(["--cooldown", "-1"])
+
+    def test_measure_rests_before_a_configuration(self) -> None:
+        import bench.measure as measure_module
+
+        slept: list[float] = []
+        self.patch(measure_module.time, "sleep", slept.append)
+
+        class Stop(Exception):
+            pass
+
+        def no_wrk(*args: Any, **kwargs: Any) -> Any:
+            raise Stop
+
+        self.patch(measure_module, "run_wrk", no_wrk)
+        load = measure_module.Load(wrk="wrk", script=Path("x.lua"), duration=1, warmup=1, connections=1,
+                                   threads=1, headers={}, cooldown=7.5)  # fmt: skip
+        with self.assertRaises(Stop):
+            measure_module.measure(load, None, None, [])  # type: ignore[arg-type]
+        self.assertEqual(slept, [7.5])
