@@ -232,6 +232,7 @@ class CommandLineTests(SynchronousTestCase):
         self.patch(measure_module, "run_wrk", no_wrk)
         load = measure_module.Load(wrk="wrk", script=Path("x.lua"), duration=1, warmup=1, connections=1,
                                    threads=1, headers={}, cooldown=7.5)  # fmt: skip
+        target = measure_module.Target("t", "t", "http://127.0.0.1:1/", None, "")  # type: ignore[arg-type]
         with self.assertRaises(Stop):
-            measure_module.measure(load, None, None, [])  # type: ignore[arg-type]
+            measure_module.measure(load, target, None, [])  # type: ignore[arg-type]
         self.assertEqual(slept, [7.5])
