@@ -139,20 +139,22 @@ def _start_all(run: Run, body: bytes) -> _Servers:
         Target("yurthub", "yurthub", f"http://127.0.0.1:{yurthub_port}{PATH}", yurthub,
                "twistd yurthub, one process, User-Agent kubelet")
     )  # fmt: skip
-    targets.append(_start_floor(run, pods_file))
+    targets.append(_start_floor(run, "floor", "twisted.web static (floor)", ["--file", str(pods_file)],
+                                "twisted.web serving the same bytes from memory, no upstream: one process, one thread"))
+    targets.append(_start_floor(run, "relay-floor", "bare relay (floor)", ["--upstream", up_url],
+                                "yurthub's site, channel and upstream client, none of its per-request work"))
     return _Servers(targets, upstream, yurthub, f"http://127.0.0.1:{hub_port}")
 
 
-def _start_floor(run: Run, pods_file: Path) -> Target:
-    """`bench.floor` serving ``pods_file``, ready."""
+def _start_floor(run: Run, key: str, label: str, how: list[str], note: str) -> Target:
+    """A `bench.floor` process (``how``: its ``--file`` or ``--upstream``), ready."""
     port = free_port()
-    argv = [sys.executable, "-m", "bench.floor", "--port", str(port), "--file", str(pods_file)]
+    argv = [sys.executable, "-m", "bench.floor", "--port", str(port), *how]
     env = dict(os.environ, PYTHONPATH=_with_repo_root())
-    floor = run.start(Child("floor", argv, run.temp / "floor.out", cwd=REPO_ROOT, env=env))
+    floor = run.start(Child(key, argv, run.temp / f"{key}.out", cwd=REPO_ROOT, env=env))
     url = f"http://127.0.0.1:{port}"
     wait_for_status(floor, f"{url}/readyz", timeout=30)
-    return Target("floor", "twisted.web static (floor)", url + PATH, floor,
-                  "twisted.web serving the same bytes from memory, no upstream: one process, one thread")  # fmt: skip
+    return Target(key, label, url + PATH, floor, note)
 
 
 def _verify(targets: list[Target], body: bytes) -> None:

@@ -49,15 +49,14 @@ def verdict(rows: Sequence[Row], rounds: Sequence[Sequence[Row]]) -> dict[str, A
     else:
         outcome, why = "FAIL", "below target"
     hub_cost, anchor_cost = hub.server_us_per_request, anchor.server_us_per_request
-    floor = by_key.get("floor")
-    floor_figures = (
-        {
-            "floor_ratio": round(floor.result.requests_per_second / anchor.result.requests_per_second, 3),
-            "floor_cpu_us_per_request": round(floor.server_us_per_request, 1),
-        }
-        if floor is not None
-        else {}
-    )
+    floor_figures = {}
+    for key, name in (("floor", "floor"), ("relay-floor", "relay_floor")):
+        floor = by_key.get(key)
+        if floor is not None:
+            floor_figures[f"{name}_ratio"] = round(
+                floor.result.requests_per_second / anchor.result.requests_per_second, 3
+            )
+            floor_figures[f"{name}_cpu_us_per_request"] = round(floor.server_us_per_request, 1)
     return {
         **floor_figures,
         "ratio": round(ratio, 3),
@@ -207,6 +206,12 @@ def print_report(report: dict[str, Any], rows: Sequence[Row], emit: Callable[[st
             f"twisted.web static (floor) / nginx proxy = {v['floor_ratio']:.3f} at "
             f"{v['floor_cpu_us_per_request']:.0f} us per request: twisted.web alone, answering "
             "from memory with no upstream, is where yurthub's HTTP stack tops out"
+        )
+    if "relay_floor_ratio" in v:
+        emit(
+            f"bare relay (floor) / nginx proxy = {v['relay_floor_ratio']:.3f} at "
+            f"{v['relay_floor_cpu_us_per_request']:.0f} us per request: yurthub's HTTP parts relaying "
+            "with none of its per-request work; yurthub's own work is the difference to its row"
         )
     diag = report["yurthub_diagnostics"]
     codes = ", ".join(f"{code}: {n:,}" for code, n in sorted(diag["requests_by_code"].items()))

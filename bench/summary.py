@@ -110,6 +110,10 @@ def _proxy_list_rows(report: Mapping[str, Any]) -> list[dict[str, Any]]:
                 f"twisted.web serving the same bytes from memory reaches {v['floor_ratio']:.3f}"
                 if "floor_ratio" in v
                 else "",
+                f"yurthub's HTTP parts relaying with none of its per-request work reach "
+                f"{v['relay_floor_ratio']:.3f}"
+                if "relay_floor_ratio" in v
+                else "",
                 _noise([hub, anchor]),
             ),
         )
