@@ -214,8 +214,13 @@ class CommandLineTests(SynchronousTestCase):
         args = parse_args(["--cooldown", "20"])
         self.assertEqual(args.cooldown, 20.0)
         self.assertEqual(parse_args([]).cooldown, 0.0)
+        import io
+        import sys
+
+        self.patch(sys, "stderr", io.StringIO())  # argparse's usage would break the reporter's line
         with self.assertRaises(SystemExit):
             parse_args(["--cooldown", "-1"])
+        self.assertIn("--cooldown must be at least 0", sys.stderr.getvalue())
 
     def test_measure_rests_before_a_configuration(self) -> None:
         import bench.measure as measure_module
