@@ -151,74 +151,48 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def _output(args: argparse.Namespace) -> dict[str, Any]:
+    """The `OutputSettings` fields every benchmark takes from the command line."""
+    return {"results_path": args.results, "keep_temp": args.keep_temp}
+
+
+def _wrk(args: argparse.Namespace) -> dict[str, Any]:
+    """The `WrkSettings` fields of the benchmarks that load with wrk."""
+    return {
+        **_output(args),
+        "duration": args.duration,
+        "warmup": args.warmup,
+        "cooldown": args.cooldown,
+        "connections": args.connections,
+        "threads": args.threads,
+    }
+
+
 def _run_one(name: str, args: argparse.Namespace) -> int:
     if name == "soak":
         return soak.run(
             soak.Settings(
-                duration=args.soak_duration,
-                watches=args.soak_watches,
-                rate=args.rate,
-                settle=100.0,
-                results_path=args.results,
-                keep_temp=args.keep_temp,
+                duration=args.soak_duration, watches=args.soak_watches, rate=args.rate, settle=100.0,
+                **_output(args),
             )
-        )
+        )  # fmt: skip
     if name == "crash":
-        return crash.run(
-            crash.Settings(
-                kills=args.kills,
-                seed=args.seed,
-                results_path=args.results,
-                keep_temp=args.keep_temp,
-            )
-        )
+        return crash.run(crash.Settings(kills=args.kills, seed=args.seed, **_output(args)))
     if name == "flowcontrol":
         return flowcontrol.run(
-            flowcontrol.Settings(
-                duration=args.duration,
-                warmup=args.warmup,
-                cooldown=args.cooldown,
-                connections=args.connections,
-                threads=args.threads,
-                rounds=args.flowcontrol_rounds,
-                delay=args.burst_delay,
-                results_path=args.results,
-                keep_temp=args.keep_temp,
-            )
+            flowcontrol.Settings(rounds=args.flowcontrol_rounds, delay=args.burst_delay, **_wrk(args))
         )
     if name == "failover":
         return failover.run(
             failover.Settings(
-                steady=args.steady,
-                down=args.down,
-                up=args.up,
-                connections=args.connections,
-                watches=args.watches,
-                return_grace=args.return_grace,
-                results_path=args.results,
-                keep_temp=args.keep_temp,
+                steady=args.steady, down=args.down, up=args.up, connections=args.connections,
+                watches=args.watches, return_grace=args.return_grace, **_output(args),
             )
-        )
+        )  # fmt: skip
     if name == "proxy-list":
-        return proxy_list.run(
-            proxy_list.Settings(
-                duration=args.duration,
-                connections=args.connections,
-                threads=args.threads,
-                warmup=args.warmup,
-                cooldown=args.cooldown,
-                rounds=args.rounds,
-                results_path=args.results,
-                keep_temp=args.keep_temp,
-            )
-        )
+        return proxy_list.run(proxy_list.Settings(rounds=args.rounds, **_wrk(args)))
     return autonomy.run(
         autonomy.Settings(
-            duration=args.duration,
-            warmup=args.warmup,
-            cooldown=args.cooldown,
-            connections=args.connections,
-            threads=args.threads,
             rounds=args.rounds,
             events=args.events,
             relay_runs=args.relay_runs,
@@ -226,8 +200,7 @@ def _run_one(name: str, args: argparse.Namespace) -> int:
             # seeding and caching time (most of a quick run).
             pods=QUICK_BULK_PODS if args.quick else autonomy.Settings.pods,
             bulk_min_duration=args.bulk_min_duration,
-            results_path=args.results,
-            keep_temp=args.keep_temp,
+            **_wrk(args),
         )
     )
 

@@ -51,10 +51,11 @@ from bench import nginx as nginx_conf
 from bench.measure import Load, Row, Target, machine_cpu_seconds, measure, median_rows
 from bench.procs import Child, ChildFailed, free_port, http_get, wait_for_status
 from bench.report import git_state
-from bench.results import RESULTS_PATH, save_results
+from bench.results import save_results
 from bench.runs import (
     BenchError,
     Run,
+    WrkSettings,
     metric_samples,
     signals_interrupt,
     yurthub_diagnostics,
@@ -117,17 +118,11 @@ CONVERGE_POLL = 0.02
 
 
 @dataclass(frozen=True)
-class Settings:
+class Settings(WrkSettings):
     """What one autonomy run measures and how."""
 
-    duration: float = 10.0
-    warmup: float = 1.0
-    #: Seconds of rest before each wrk configuration and each restart (see `Load.cooldown`).
-    cooldown: float = 0.0
-    #: wrk connections for the 100-pod list and for the 10,000-pod list.
-    connections: int = 16
+    #: wrk connections for the 10,000-pod list (the 100-pod list uses ``connections``).
     bulk_connections: int = 4
-    threads: int = 2
     #: Every measurement this many times (offline rows, relay, restart); medians reported.
     rounds: int = 1
     #: Watch relay: events per run, runs per path per round (interleaved), bytes per event.
@@ -139,8 +134,6 @@ class Settings:
     event_pods: int = 1000
     #: Shortest wrk run of the 10,000-pod list (a --quick run shortens it).
     bulk_min_duration: float = BULK_MIN_DURATION
-    results_path: Path = RESULTS_PATH
-    keep_temp: bool = False
 
 
 # --- the cloud and yurthub, as the benchmark drives them ------------------------------
@@ -580,11 +573,7 @@ def _measure_offline(
     emit: Callable[[str], None],
 ) -> list[Row]:
     """The four wrk rows of one round: yurthub and nginx, 100 pods then 10,000 pods."""
-    small_load = Load(
-        wrk=run.tools.wrk, script=script, duration=settings.duration, warmup=settings.warmup,
-        connections=settings.connections, threads=settings.threads, headers=REQUEST_HEADERS,
-        cooldown=settings.cooldown,
-    )  # fmt: skip
+    small_load = settings.load(run.tools.wrk, script, REQUEST_HEADERS)
     # No wrk warm-up for the big list: a warm-up's unfinished answers would still be built
     # when the timed run starts. Each server answered it at least once already.
     bulk_load = Load(

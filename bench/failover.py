@@ -37,7 +37,6 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any
 
 from bench import cloud as cloud_process
@@ -47,9 +46,10 @@ from bench.autonomy import REPO_ROOT, Cloud, _read_lines, _with_repo_root
 from bench.loadclient import DONE_MARKER, READY_MARKER, REQUEST_HEADERS, WATCH_AGENT
 from bench.procs import Child, ChildFailed, free_port, http_get, wait_for_status
 from bench.report import git_state
-from bench.results import RESULTS_PATH, save_results
+from bench.results import save_results
 from bench.runs import (
     BenchError,
+    OutputSettings,
     Run,
     metric_samples,
     signals_interrupt,
@@ -70,7 +70,7 @@ HEALTH_POLL = 0.1
 
 
 @dataclass(frozen=True)
-class Settings:
+class Settings(OutputSettings):
     """What one failover run measures and how."""
 
     #: Seconds of load before the stop, with the preferred cloud down, and after its restart.
@@ -86,8 +86,6 @@ class Settings:
     return_grace: float = 5.0
     #: The load client's socket timeout per request.
     request_timeout: float = 5.0
-    results_path: Path = RESULTS_PATH
-    keep_temp: bool = False
 
 
 # --- processes ------------------------------------------------------------------------------

@@ -35,7 +35,6 @@ import time
 import timeit
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any
 
 from bench import cloud as cloud_process
@@ -44,13 +43,20 @@ from bench import flowcontrol_report as reporting
 from bench import nginx as nginx_conf
 from bench.autonomy import Cloud
 from bench.burst import Answer, send_burst
-from bench.measure import Load, Row, Target, measure, median_rows
+from bench.measure import Row, Target, measure, median_rows
 from bench.pods import pod_list_body
 from bench.procs import Child, ChildFailed, free_port, http_get, wait_for_status
 from bench.proxy_list import PATH, REQUEST_HEADERS, UPSTREAM_WORKERS, _verify
 from bench.report import git_state
-from bench.results import RESULTS_PATH, save_results
-from bench.runs import BenchError, Run, metric_samples, signals_interrupt, yurthub_diagnostics
+from bench.results import save_results
+from bench.runs import (
+    BenchError,
+    Run,
+    WrkSettings,
+    metric_samples,
+    signals_interrupt,
+    yurthub_diagnostics,
+)
 from bench.tools import MissingTools, Tools, ensure_tools
 from bench.wrk import WrkFailed, write_script
 
@@ -74,15 +80,9 @@ DRAIN_SLACK = 30.0
 
 
 @dataclass(frozen=True)
-class Settings:
+class Settings(WrkSettings):
     """What one flow-control run measures and how."""
 
-    duration: float = 10.0
-    warmup: float = 1.0
-    #: Seconds of rest before each measured configuration (see `Load.cooldown`).
-    cooldown: float = 0.0
-    connections: int = 16
-    threads: int = 2
     #: Measurements of each limiter setting (interleaved, order swapped every round).
     rounds: int = 3
     #: The burst: requests at once, the upstream's delay, when an answer counts as hung.
@@ -92,8 +92,6 @@ class Settings:
     hang_after: float = 10.0
     #: Pods in the cloud's ``small`` namespace (the delayed list's answer).
     pods: int = 10
-    results_path: Path = RESULTS_PATH
-    keep_temp: bool = False
 
 
 def _limiter_config(limit: int) -> str:
@@ -212,16 +210,7 @@ def _overhead(
         nginx_conf.upstream_conf(bench_run.temp, up_port, pods_file, workers=UPSTREAM_WORKERS),
     )
     wait_for_status(upstream, f"http://127.0.0.1:{up_port}/readyz", timeout=15)
-    load = Load(
-        wrk=tools.wrk,
-        script=write_script(bench_run.temp),
-        duration=settings.duration,
-        warmup=settings.warmup,
-        connections=settings.connections,
-        threads=settings.threads,
-        headers=REQUEST_HEADERS,
-        cooldown=settings.cooldown,
-    )
+    load = settings.load(tools.wrk, write_script(bench_run.temp), REQUEST_HEADERS)
     rounds: list[list[Row]] = []
     orders: list[list[str]] = []
     diagnostics = {}

@@ -26,17 +26,16 @@ import os
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from bench import nginx as nginx_conf
 from bench import report as reporting
 from bench.autonomy import REPO_ROOT, _with_repo_root
-from bench.measure import Load, Row, Target, measure, median_rows
+from bench.measure import Row, Target, measure, median_rows
 from bench.pods import pod_list_body
 from bench.procs import Child, ChildFailed, free_port, http_get, wait_for_status
-from bench.results import RESULTS_PATH, save_results
-from bench.runs import BenchError, Run, signals_interrupt, yurthub_diagnostics
+from bench.results import save_results
+from bench.runs import BenchError, Run, WrkSettings, signals_interrupt, yurthub_diagnostics
 from bench.tools import MissingTools, Tools, ensure_tools
 from bench.wrk import WrkFailed, write_script
 
@@ -57,20 +56,12 @@ PROXY_WORKERS = 1
 
 
 @dataclass(frozen=True)
-class Settings:
+class Settings(WrkSettings):
     """What one run measures and how."""
 
-    duration: float = 10.0
-    connections: int = 16
-    threads: int = 2
-    warmup: float = 1.0
-    #: Seconds of rest before each configuration (see `Load.cooldown`).
-    cooldown: float = 0.0
     #: Measure every configuration this many times (in turn) and report each one's median
     #: round, which steadies the figures on a shared or noisy machine.
     rounds: int = 1
-    results_path: Path = RESULTS_PATH
-    keep_temp: bool = False
 
 
 @dataclass(frozen=True)
@@ -216,16 +207,7 @@ def run(settings: Settings, emit: Callable[[str], None] = print) -> int:
             emit(
                 f"bench: all {len(servers.targets)} configurations return the {len(body):,}-byte list byte for byte"
             )
-            load = Load(
-                wrk=tools.wrk,
-                script=write_script(bench_run.temp),
-                duration=settings.duration,
-                warmup=settings.warmup,
-                connections=settings.connections,
-                threads=settings.threads,
-                headers=REQUEST_HEADERS,
-                cooldown=settings.cooldown,
-            )
+            load = settings.load(tools.wrk, write_script(bench_run.temp), REQUEST_HEADERS)
             rounds: list[list[Row]] = []
             for number in range(1, settings.rounds + 1):
                 measured = []

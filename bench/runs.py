@@ -18,15 +18,46 @@ import signal
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 from typing import Any
 
 from bench import nginx as nginx_conf
+from bench.measure import Load
 from bench.procs import Child, http_get
+from bench.results import RESULTS_PATH
 from bench.tools import Tools
+
+
+@dataclass(frozen=True)
+class OutputSettings:
+    """Where a benchmark's report goes, and whether its temp dir is kept for inspection."""
+
+    results_path: Path = RESULTS_PATH
+    keep_temp: bool = False
+
+
+@dataclass(frozen=True)
+class WrkSettings(OutputSettings):
+    """How a benchmark loads its configurations with wrk (see `bench.measure.Load`)."""
+
+    duration: float = 10.0
+    warmup: float = 1.0
+    #: Seconds of rest before each measured configuration (see `Load.cooldown`).
+    cooldown: float = 0.0
+    connections: int = 16
+    threads: int = 2
+
+    def load(self, wrk: str, script: Path, headers: Mapping[str, str]) -> Load:
+        """The wrk load these settings describe."""
+        return Load(
+            wrk=wrk, script=script, duration=self.duration, warmup=self.warmup,
+            connections=self.connections, threads=self.threads, headers=headers,
+            cooldown=self.cooldown,
+        )  # fmt: skip
 
 
 class BenchError(Exception):

@@ -39,8 +39,8 @@ from bench import cloud as cloud_process
 from bench.autonomy import REPO_ROOT, Cloud, _read_lines, _with_repo_root
 from bench.procs import Child, ChildFailed, free_port, http_get, wait_for_status
 from bench.report import git_state
-from bench.results import RESULTS_PATH, save_results
-from bench.runs import BenchError, Run, signals_interrupt, yurthub_diagnostics
+from bench.results import save_results
+from bench.runs import BenchError, OutputSettings, Run, signals_interrupt, yurthub_diagnostics
 from bench.soakclient import DONE_MARKER, READY_MARKER, raise_fd_limit
 
 CLOUD_TIMEOUT = 60.0
@@ -52,7 +52,7 @@ RSS_WINDOW = 240.0
 
 
 @dataclass(frozen=True)
-class Settings:
+class Settings(OutputSettings):
     """What one soak run does."""
 
     duration: float = 300.0
@@ -66,8 +66,6 @@ class Settings:
     sample: float = 5.0
     #: Seconds to wait after the load for the descriptors to come back to the baseline.
     settle: float = 100.0
-    results_path: Path = RESULTS_PATH
-    keep_temp: bool = False
 
 
 def fd_count(pid: int) -> int:
