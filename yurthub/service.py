@@ -43,6 +43,7 @@ from yurthub.proxy.channel import ChannelLimits, ConnectionCap, OpenConnections
 from yurthub.proxy.flowcontrol import InFlightLimiter
 from yurthub.proxy.local import LocalProxy
 from yurthub.proxy.remote import RemoteProxy
+from yurthub.proxy.http11 import LeanFactory
 from yurthub.proxy.root import ProxyRoot, ProxySite, make_site
 from yurthub.proxy.upgrade import UpgradeSplicer
 from yurthub.upstream.backends import Backend
@@ -294,7 +295,11 @@ class YurtHub(MultiService):
         self.listeners: dict[str, Listener] = {}
         listen = config.listen
         if listen.proxy:
-            self._listen("listen.proxy", _with_backlog(listen.proxy), ConnectionCap(self.proxy_site, self.connections))
+            # The plain listener (kubelet and the node's other components) is served by the
+            # lean HTTP/1.1 server; the TLS one by twisted.web, which also speaks HTTP/2.
+            self._listen(
+                "listen.proxy", _with_backlog(listen.proxy), ConnectionCap(LeanFactory(self.proxy_site), self.connections)
+            )
         self.serving_tls: ServingTLS | None = None
         if listen.secure_proxy:
             if certs.serving_cert_file:

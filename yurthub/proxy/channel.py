@@ -55,6 +55,16 @@ _MESSAGES = {
 }
 
 
+def refusal(code: int) -> bytes:
+    """The whole answer, head and ``Status`` body, of a connection cut for ``code``."""
+    body = status_body(code, _MESSAGES[code])
+    head = (
+        b"HTTP/1.1 %d %s\r\nContent-Type: application/json\r\nContent-Length: %d\r\n"
+        b"Connection: close\r\n\r\n" % (code, RESPONSES.get(code, b"Request Header Fields Too Large"), len(body))
+    )
+    return head + body
+
+
 #: An RFC 9110 token (a method, a header name).
 _TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")
 #: What twisted.web refuses in a request target.
@@ -291,12 +301,7 @@ class LimitedHTTPChannel(HTTPChannel):
         self._cancel_head_timer()
         if reason is not None:
             self.site.refused(reason)  # type: ignore[attr-defined]
-        body = status_body(code, _MESSAGES[code])
-        head = (
-            b"HTTP/1.1 %d %s\r\nContent-Type: application/json\r\nContent-Length: %d\r\n"
-            b"Connection: close\r\n\r\n" % (code, RESPONSES.get(code, b"Request Header Fields Too Large"), len(body))
-        )
-        self.transport.write(head + body)  # type: ignore[union-attr]
+        self.transport.write(refusal(code))  # type: ignore[union-attr]
         self.loseConnection()
 
     def connectionLost(self, reason: Any = None) -> None:  # noqa: N802

@@ -175,6 +175,22 @@ class ProxyRoot(Resource):
         return NOT_DONE_YET
 
 
+def render_leaf(request: Any) -> None:
+    """Have the site's one resource answer ``request`` (a `ProxyRequest` or a
+    `yurthub.proxy.http11.LeanRequest`); an answer it returns is written here."""
+    site = request.site = request.channel.site
+    try:
+        body = site.resource.render(request)
+    except BaseException:
+        request.processingFailed(Failure())
+        return
+    if body is NOT_DONE_YET:
+        return
+    request.setHeader(b"content-length", b"%d" % len(body))
+    request.write(body)
+    request.finish()
+
+
 class ProxyRequest(Request):
     """A request that goes straight to the site's one (leaf) resource.
 
@@ -191,17 +207,7 @@ class ProxyRequest(Request):
         super().__init__(*args, **kwargs)
 
     def process(self) -> None:
-        self.site = self.channel.site  # type: ignore[attr-defined]
-        try:
-            body = self.site.resource.render(self)
-        except BaseException:
-            self.processingFailed(Failure())
-            return
-        if body is NOT_DONE_YET:
-            return
-        self.setHeader(b"content-length", b"%d" % len(body))
-        self.write(body)
-        self.finish()
+        render_leaf(self)
 
 
 class ProxySite(Site):
