@@ -23,6 +23,7 @@ from twisted.python import usage
 
 from yurthub import logs
 from yurthub.config import DEFAULT_CONFIG_PATH, Config, ConfigError, load_config
+from yurthub.dispatch import dispatch_without_log_context
 from yurthub.upstream.tls import CredentialError
 
 DEMO_CLOUD_PORT = 16443
@@ -140,11 +141,17 @@ class ProcessTuning(Service):
     about 8 % of its CPU per request under load (20 % more requests per second in the
     100-pod list benchmark). glibc's mmap threshold is fixed (`fix_mmap_threshold`). Only
     the process's own ``twistd yurthub`` gets this; tests and embedders keep Python's and
-    glibc's defaults.
+    glibc's defaults. The epoll reactor dispatches events without the legacy log context
+    (`yurthub.dispatch`).
     """
+
+    def __init__(self, reactor: Any = None) -> None:
+        self._reactor = reactor
 
     def startService(self) -> None:  # noqa: N802
         super().startService()
+        if self._reactor is not None:
+            dispatch_without_log_context(self._reactor)
         fix_mmap_threshold()
         gc.collect()
         gc.freeze()
@@ -249,7 +256,7 @@ def makeService(options: Options) -> IService:  # noqa: N802 - twistd's name
         print(f"yurthub: {e}", file=sys.stderr)
         raise SystemExit(1) from None
     top = MultiService()
-    ProcessTuning().setServiceParent(top)
+    ProcessTuning(reactor).setServiceParent(top)
     overrides = options.overrides()
     ConfigReloader(
         reactor,

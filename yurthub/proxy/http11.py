@@ -50,6 +50,7 @@ from twisted.web.http import NO_BODY_CODES, RESPONSES
 from twisted.web.http_headers import Headers
 
 from yurthub.proxy.channel import ChannelLimits, refusal
+from yurthub.proxy.headers import headers_from
 from yurthub.proxy.root import SEND_LIMIT, ProxySite, render_leaf
 from yurthub.proxy.status import finish_with_status
 
@@ -414,9 +415,7 @@ class LeanChannel(Protocol):
 
     def on_message_complete(self) -> None:
         parser = self._parser
-        headers = Headers()
-        for name, value in self._fields:
-            headers.addRawHeader(name, value)
+        headers = headers_from(self._fields)
         version = b"HTTP/" + parser.get_http_version().encode("ascii")
         request = LeanRequest(
             self,

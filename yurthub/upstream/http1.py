@@ -41,6 +41,7 @@ from twisted.web.http_headers import Headers
 from twisted.web.iweb import UNKNOWN_LENGTH
 from zope.interface import implementer
 
+from yurthub.proxy.headers import headers_from
 from yurthub.upstream.backends import Backend
 from yurthub.upstream.endpoints import BackendEndpointFactory
 
@@ -198,13 +199,14 @@ class _Connection(Protocol):
             self._headers = []
             self._phrase = b""
             return
-        headers = Headers()
         length: Any = UNKNOWN_LENGTH
         chunked = False
         listed: set[bytes] = set()  # fields the answer's Connection names are hop-by-hop too
-        for name, value in self._headers:
-            lower = name.lower()
+        kept = []
+        for field in self._headers:
+            lower = field[0].lower()
             if lower in _CONNECTION_FIELDS:
+                value = field[1]
                 if lower == b"content-length":
                     length = int(value)
                 elif lower == b"transfer-encoding":
@@ -212,7 +214,8 @@ class _Connection(Protocol):
                 elif lower == b"connection":
                     listed.update(t.strip().lower() for t in value.split(b","))
                 continue
-            headers.addRawHeader(name, value)
+            kept.append(field)
+        headers = headers_from(kept)
         for name in listed:
             if name:
                 headers.removeHeader(name)

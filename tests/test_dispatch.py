@@ -1,0 +1,93 @@
+"""`yurthub.dispatch`: the epoll reactor without the legacy log context per event.
+
+Each test drives a reactor of its own (not the one trial runs), iterating it by hand, so
+the real epoll dispatch is exercised: connections, data, a protocol that raises.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from twisted.internet.epollreactor import EPollReactor
+from twisted.internet.protocol import ClientFactory, Factory, Protocol
+from twisted.internet.selectreactor import SelectReactor
+from twisted.trial.unittest import SynchronousTestCase
+
+from yurthub.dispatch import dispatch_without_log_context
+
+
+class _Echo(Protocol):
+    def dataReceived(self, data: bytes) -> None:  # noqa: N802
+        self.transport.write(data.upper())  # type: ignore[union-attr]
+
+
+class _Client(Protocol):
+    def __init__(self) -> None:
+        self.received = b""
+        self.lost: Any = None
+
+    def dataReceived(self, data: bytes) -> None:  # noqa: N802
+        self.received += data
+
+    def connectionLost(self, reason: Any = None) -> None:  # noqa: N802
+        self.lost = reason
+
+
+class _Raises(Protocol):
+    def __init__(self) -> None:
+        self.lost: Any = None
+
+    def dataReceived(self, data: bytes) -> None:  # noqa: N802
+        raise RuntimeError("a bug in a protocol")
+
+    def connectionLost(self, reason: Any = None) -> None:  # noqa: N802
+        self.lost = reason
+
+
+class DispatchTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.reactor = EPollReactor()
+        self.addCleanup(self._close)
+        self.assertTrue(dispatch_without_log_context(self.reactor))
+
+    def _close(self) -> None:
+        self.reactor.disconnectAll()
+        self.reactor._poller.close()
+
+    def _iterate_until(self, done: Any, seconds: float = 5.0) -> None:
+        deadline = time.monotonic() + seconds
+        while not done():
+            self.assertLess(time.monotonic(), deadline, "the reactor did not get there in time")
+            self.reactor.iterate(0.01)
+
+    def _connect(self, server: Protocol) -> _Client:
+        port = self.reactor.listenTCP(0, Factory.forProtocol(lambda: server), interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        client = _Client()
+        self.reactor.connectTCP("127.0.0.1", port.getHost().port, ClientFactory.forProtocol(lambda: client))
+        self._iterate_until(lambda: client.transport is not None and client.transport.connected)
+        return client
+
+    def test_events_reach_protocols(self) -> None:
+        client = self._connect(_Echo())
+        client.transport.write(b"hello")  # type: ignore[union-attr]
+        self._iterate_until(lambda: client.received == b"HELLO")
+
+    def test_a_protocol_that_raises_loses_its_connection_and_is_logged(self) -> None:
+        server = _Raises()
+        client = self._connect(server)
+        client.transport.write(b"boom")  # type: ignore[union-attr]
+        self._iterate_until(lambda: server.lost is not None and client.lost is not None)
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+
+    def test_the_dispatch_is_the_reactors_own_iteration(self) -> None:
+        self.assertEqual(self.reactor.doIteration.__func__.__module__, "yurthub.dispatch")  # type: ignore[attr-defined]
+
+
+class OtherReactorTests(SynchronousTestCase):
+    def test_other_reactors_are_left_alone(self) -> None:
+        reactor = SelectReactor()
+        before = reactor.doIteration
+        self.assertFalse(dispatch_without_log_context(reactor))
+        self.assertEqual(reactor.doIteration, before)

@@ -1,0 +1,52 @@
+"""`yurthub.proxy.headers.headers_from`: fields as llhttp parsed them, into `Headers`."""
+
+from __future__ import annotations
+
+from hypothesis import given
+from hypothesis import strategies as st
+from twisted.trial.unittest import SynchronousTestCase
+from twisted.web.http_headers import Headers
+
+from yurthub.proxy import headers as module
+from yurthub.proxy.headers import headers_from
+
+_TOKEN_CHARS = "!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+_names = st.text(alphabet=_TOKEN_CHARS, min_size=1, max_size=12).map(str.encode)
+_values = st.binary(max_size=20).filter(lambda v: b"\r" not in v and b"\n" not in v)
+
+
+def _slow(fields: list[tuple[bytes, bytes]]) -> Headers:
+    headers = Headers()
+    for name, value in fields:
+        headers.addRawHeader(name, value)
+    return headers
+
+
+class HeadersFromTests(SynchronousTestCase):
+    def test_this_twisted_is_filled_directly(self) -> None:
+        self.assertTrue(module._DIRECT)
+
+    @given(st.lists(st.tuples(_names, _values), max_size=15))
+    def test_same_headers_as_add_raw_header(self, fields: list[tuple[bytes, bytes]]) -> None:
+        fast, slow = headers_from(fields), _slow(fields)
+        self.assertEqual(list(fast.getAllRawHeaders()), list(slow.getAllRawHeaders()))
+        for name, _ in fields:
+            self.assertEqual(fast.getRawHeaders(name), slow.getRawHeaders(name))
+            self.assertEqual(fast.getRawHeaders(name.lower()), slow.getRawHeaders(name.upper()))
+
+    def test_repeated_names_keep_every_value_in_order(self) -> None:
+        headers = headers_from([(b"Accept", b"a"), (b"x-one", b"1"), (b"accept", b"b"), (b"X-ONE", b"2")])
+        self.assertEqual(headers.getRawHeaders(b"accept"), [b"a", b"b"])
+        self.assertEqual(headers.getRawHeaders(b"X-One"), [b"1", b"2"])
+
+    def test_a_twisted_without_raw_headers_gets_add_raw_header(self) -> None:
+        self.patch(module, "_DIRECT", False)
+        fields = [(b"Content-Type", b"application/json"), (b"content-type", b"text/plain")]
+        self.assertEqual(list(headers_from(fields).getAllRawHeaders()), list(_slow(fields).getAllRawHeaders()))
+
+    def test_names_learnt_are_bounded(self) -> None:
+        self.patch(module, "_KEYS", {})
+        self.patch(module, "_MAX_KEYS", 3)
+        headers = headers_from([(b"x-%d" % i, b"v") for i in range(10)])
+        self.assertEqual(len(module._KEYS), 3)
+        self.assertEqual(headers.getRawHeaders(b"x-9"), [b"v"])
