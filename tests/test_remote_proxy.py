@@ -230,7 +230,7 @@ class StreamingTests(ProxyTestCase):
         await sleep(0.3)
         client.transport.abortConnection()  # type: ignore[union-attr]
         await upstream_gone.addTimeout(2, reactor)
-        self.assertEqual(self.hub.metrics.in_flight.labels("")._value.get(), 0)
+        self.assertEqual(self.hub.metrics.in_flight.labels("").value, 0)
 
     async def test_upstream_dying_mid_body_aborts_the_client(self) -> None:
         await self.start()

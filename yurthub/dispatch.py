@@ -50,5 +50,5 @@ def dispatch_without_log_context(reactor: Any) -> bool:
     changed) if it is not an epoll reactor."""
     if not isinstance(reactor, EPollReactor):
         return False
-    reactor.doIteration = MethodType(_do_poll, reactor)
+    reactor.doIteration = MethodType(_do_poll, reactor)  # type: ignore[method-assign]
     return True

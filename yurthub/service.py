@@ -41,9 +41,9 @@ from yurthub.metrics import ProxyMetrics, StoreHealthCollector
 from yurthub.migration import ClusterMigration
 from yurthub.proxy.channel import ChannelLimits, ConnectionCap, OpenConnections
 from yurthub.proxy.flowcontrol import InFlightLimiter
+from yurthub.proxy.http11 import LeanFactory
 from yurthub.proxy.local import LocalProxy
 from yurthub.proxy.remote import RemoteProxy
-from yurthub.proxy.http11 import LeanFactory
 from yurthub.proxy.root import ProxyRoot, ProxySite, make_site
 from yurthub.proxy.upgrade import UpgradeSplicer
 from yurthub.upstream.backends import Backend

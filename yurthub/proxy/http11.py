@@ -232,7 +232,7 @@ class LeanRequest:
 
     def processingFailed(self, reason: Failure) -> None:  # noqa: N802
         _log.failure("error answering {method} {uri!r}", failure=reason, method=self.method, uri=self.uri)
-        finish_with_status(self, 500, "internal error in yurthub; see its log")
+        finish_with_status(self, 500, "internal error in yurthub; see its log")  # type: ignore[arg-type]
 
     def process(self) -> None:
         render_leaf(self)
