@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import warnings
 from collections import deque
+from collections.abc import Callable
 from io import BytesIO
 from typing import Any
 from urllib.parse import parse_qs
@@ -102,6 +103,9 @@ class LeanRequest:
         self.content = BytesIO(body)
         self.persistent = persistent
         self.notifications: list[defer.Deferred[None]] = []
+        #: ``(finished, lost)`` pairs of `yurthub.proxy.status.when_ended`, called
+        #: without a Deferred each.
+        self.end_hooks: list[tuple[Callable[[], object], Callable[[Failure], object]]] = []
 
     # --- the request ----------------------------------------------------------------
 
@@ -209,6 +213,12 @@ class LeanRequest:
             self.unregisterProducer()
         self.channel = None
         channel.requestDone(self)
+        hooks, self.end_hooks = self.end_hooks, []
+        for finished, _ in hooks:
+            try:
+                finished()
+            except Exception:
+                _log.failure("after answering {uri!r}", uri=self.uri)
         notifications, self.notifications = self.notifications, []
         for waiting in notifications:
             waiting.callback(None)
@@ -242,6 +252,12 @@ class LeanRequest:
     def connectionLost(self, reason: Failure) -> None:  # noqa: N802
         self._disconnected = True
         self.channel = None
+        hooks, self.end_hooks = self.end_hooks, []
+        for _, lost in hooks:
+            try:
+                lost(reason)
+            except Exception:
+                _log.failure("after losing the client of {uri!r}", uri=self.uri)
         notifications, self.notifications = self.notifications, []
         for waiting in notifications:
             waiting.errback(reason)

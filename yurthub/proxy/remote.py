@@ -45,7 +45,7 @@ from yurthub.interfaces import IAttempts, IFailoverFactory
 from yurthub.lines import LineBuffer
 from yurthub.metrics import ProxyMetrics
 from yurthub.proxy.headers import presents_node, request_target, strip_hop_by_hop
-from yurthub.proxy.status import abort_client, finish_with_status
+from yurthub.proxy.status import abort_client, finish_with_status, when_ended
 from yurthub.requestinfo import RequestInfo
 from yurthub.upstream.backends import Backend
 from yurthub.upstream.endpoints import BackendEndpointFactory
@@ -585,7 +585,7 @@ class _Exchange:
         if self.refusal:
             finish_with_status(self.request, 406, self.refusal, "NotAcceptable")
             return
-        self.request.notifyFinish().addCallbacks(self._ended, self._client_went_away)
+        when_ended(self.request, self._ended, self._client_went_away)
         seconds = request_deadline(self.info)
         if seconds is not None:
             # Answer a little before the client's own deadline, so the answer is still wanted.
@@ -790,14 +790,14 @@ class _Exchange:
                 self.proxy.retired_left(self)
             self.backend = None
 
-    def _ended(self, _: object) -> None:
+    def _ended(self) -> None:
         self.cancel_move()
         self._cancel_deadline()
         self._leave()
 
     def _client_went_away(self, failure: Failure) -> None:
         self.client_gone = True
-        self._ended(None)
+        self._ended()
         if self.pending is not None:
             self.pending.cancel()
         if self.relay is not None:

@@ -25,7 +25,7 @@ from yurthub.proxy.channel import ChannelLimits, limited_channel_protocol
 from yurthub.proxy.flowcontrol import EXEMPT, InFlightLimiter
 from yurthub.proxy.headers import is_upgrade
 from yurthub.proxy.remote import RemoteProxy
-from yurthub.proxy.status import finish_with_status, write_status
+from yurthub.proxy.status import finish_with_status, when_ended, write_status
 from yurthub.proxy.upgrade import UpgradeSplicer
 from yurthub.requestinfo import RequestInfo, parse_request_info
 
@@ -146,7 +146,7 @@ class ProxyRoot(Resource):
             held.release()
             accounting.done(code)
 
-        request.notifyFinish().addCallbacks(lambda _: ended(request.code), lambda _: ended("aborted"))
+        when_ended(request, lambda: ended(request.code), lambda _: ended("aborted"))
         if slot is None:
             assert limiter is not None
             return limiter.reject(request)

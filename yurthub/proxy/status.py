@@ -8,8 +8,10 @@ requests) goes out as a ``v1 Status`` with the HTTP code in ``code`` and the mat
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Any
 
+from twisted.python.failure import Failure
 from twisted.web.server import Request
 
 #: HTTP code -> Kubernetes StatusReason, for the codes yurthub answers itself.
@@ -143,3 +145,16 @@ def abort_transport(transport: Any) -> None:
         abort()
     else:
         transport.loseConnection()
+
+
+def when_ended(request: Any, finished: Callable[[], object], lost: Callable[[Failure], object]) -> None:
+    """Call ``finished()`` once ``request`` has been answered whole, or ``lost(reason)``
+    if its connection goes first. A `yurthub.proxy.http11.LeanRequest` keeps the pair in
+    its ``end_hooks`` (a Deferred per request and per listener cost more than the rest of
+    this bookkeeping); any other request gets them on its ``notifyFinish`` Deferred."""
+    hooks = getattr(request, "end_hooks", None)
+    if hooks is not None:
+        hooks.append((finished, lost))
+        return
+    request.notifyFinish().addCallbacks(lambda _: finished(), lost)
+
