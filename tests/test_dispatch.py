@@ -14,7 +14,11 @@ from twisted.internet.protocol import ClientFactory, Factory, Protocol
 from twisted.internet.selectreactor import SelectReactor
 from twisted.trial.unittest import SynchronousTestCase
 
-from yurthub.dispatch import dispatch_without_log_context
+import socket
+
+from twisted.internet.testing import StringTransport
+
+from yurthub.dispatch import can_send_now, dispatch_without_log_context, send_now
 
 
 class _Echo(Protocol):
@@ -83,6 +87,51 @@ class DispatchTests(SynchronousTestCase):
 
     def test_the_dispatch_is_the_reactors_own_iteration(self) -> None:
         self.assertEqual(self.reactor.doIteration.__func__.__module__, "yurthub.dispatch")  # type: ignore[attr-defined]
+
+
+class SendNowTests(DispatchTests):
+    """`send_now` on a real TCP connection of a reactor of the test's own."""
+
+    def _pair(self) -> tuple[_Client, Any]:
+        server = _Client()
+        client = self._connect(server)
+        self._iterate_until(lambda: server.transport is not None)
+        return client, server.transport
+
+    def test_an_empty_buffer_is_skipped(self) -> None:
+        client, transport = self._pair()
+        self.assertTrue(can_send_now(transport))
+        send_now(transport, b"at once")
+        self.assertNotIn(transport, self.reactor.getWriters())  # nothing left for a later turn
+        self._iterate_until(lambda: client.received == b"at once")
+
+    def test_bytes_already_waiting_go_first(self) -> None:
+        client, transport = self._pair()
+        transport.write(b"first ")
+        send_now(transport, b"second")
+        self._iterate_until(lambda: client.received == b"first second")
+
+    def test_what_the_socket_does_not_take_is_buffered_in_order(self) -> None:
+        client, transport = self._pair()
+        transport.socket.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 16384)
+        client.transport.socket.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16384)  # type: ignore[union-attr]
+        data = bytes(range(256)) * 8_000  # 2 MB: more than the socket takes at once
+        send_now(transport, data)
+        self.assertIn(transport, self.reactor.getWriters())
+        send_now(transport, b"end")  # must queue behind the rest
+        self._iterate_until(lambda: len(client.received) == len(data) + 3, seconds=30)
+        self.assertEqual(client.received, data + b"end")
+
+    def test_a_closing_connection_is_left_to_the_transport(self) -> None:
+        client, transport = self._pair()
+        transport.write(b"pending ")
+        transport.loseConnection()
+        send_now(transport, b"then closed")  # as Twisted's write: flushed before the close
+        self._iterate_until(lambda: client.lost is not None)
+        self.assertEqual(client.received, b"pending then closed")
+
+    def test_only_tcp_transports_qualify(self) -> None:
+        self.assertFalse(can_send_now(StringTransport()))
 
 
 class OtherReactorTests(SynchronousTestCase):

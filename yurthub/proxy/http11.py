@@ -50,6 +50,7 @@ from twisted.python.failure import Failure
 from twisted.web.http import NO_BODY_CODES, RESPONSES
 from twisted.web.http_headers import Headers
 
+from yurthub.dispatch import can_send_now, send_now
 from yurthub.proxy.channel import ChannelLimits, refusal
 from yurthub.proxy.headers import headers_from
 from yurthub.proxy.root import SEND_LIMIT, ProxySite, render_leaf
@@ -286,6 +287,7 @@ class LeanChannel(Protocol):
         self._refused = False
         self._lost = False
         self._host: Any = None
+        self._send_now = False
         self._head_timer: Any = None
         self._idle_call: Any = None
         self._abort_call: Any = None
@@ -304,6 +306,8 @@ class LeanChannel(Protocol):
     def connectionMade(self) -> None:  # noqa: N802
         if isinstance(self.transport, FileDescriptor):
             self.transport.SEND_LIMIT = SEND_LIMIT
+        #: Answers are sent as they are written (`yurthub.dispatch.send_now`).
+        self._send_now = can_send_now(self.transport)
         self.setTimeout(self.timeOut)
 
     def getPeer(self) -> Any:  # noqa: N802
@@ -318,12 +322,22 @@ class LeanChannel(Protocol):
         return False
 
     def write(self, data: bytes) -> None:
-        if self.transport is not None:
-            self.transport.write(data)
+        transport = self.transport
+        if transport is None:
+            return
+        if self._send_now:
+            send_now(transport, data)
+        else:
+            transport.write(data)
 
     def writeSequence(self, pieces: Any) -> None:  # noqa: N802
-        if self.transport is not None:
-            self.transport.writeSequence(pieces)
+        transport = self.transport
+        if transport is None:
+            return
+        if self._send_now:
+            send_now(transport, b"".join(pieces))
+        else:
+            transport.writeSequence(pieces)
 
     def registerProducer(self, producer: Any, streaming: bool) -> None:  # noqa: N802
         if self.transport is None:

@@ -41,6 +41,7 @@ from twisted.web.http_headers import Headers
 from twisted.web.iweb import UNKNOWN_LENGTH
 from zope.interface import implementer
 
+from yurthub.dispatch import can_send_now, send_now
 from yurthub.proxy.headers import headers_from
 from yurthub.upstream.backends import Backend
 from yurthub.upstream.endpoints import BackendEndpointFactory
@@ -167,7 +168,11 @@ class _Connection(Protocol):
         self.generation = self._client.generation
         transport = self.transport
         assert transport is not None
-        transport.write(head + body if body else head)
+        data = head + body if body else head
+        if can_send_now(transport):
+            send_now(transport, data)
+        else:
+            transport.write(data)
         return self._waiting
 
     def _cancel(self, waiting: defer.Deferred[UpstreamResponse]) -> None:
