@@ -6,17 +6,15 @@ the real epoll dispatch is exercised: connections, data, a protocol that raises.
 
 from __future__ import annotations
 
+import socket
 import time
 from typing import Any
 
 from twisted.internet.epollreactor import EPollReactor
 from twisted.internet.protocol import ClientFactory, Factory, Protocol
 from twisted.internet.selectreactor import SelectReactor
-from twisted.trial.unittest import SynchronousTestCase
-
-import socket
-
 from twisted.internet.testing import StringTransport
+from twisted.trial.unittest import SynchronousTestCase
 
 from yurthub.dispatch import can_send_now, dispatch_without_log_context, send_now
 
