@@ -110,10 +110,24 @@ def gvr_of(info: RequestInfo) -> GVR:
     return GVR(info.api_group, info.api_version, info.resource)
 
 
+#: How many request infos (and Accept values) the per-request decisions remember.
+_MEMO_SIZE = 1024
+_ACCEPTS_JSON: dict[bytes, bool] = {}
+
+
 def accepts_json(accept: bytes | None) -> bool:
     """True if an Accept header admits a plain JSON answer (absent means anything)."""
     if not accept:
         return True
+    known = _ACCEPTS_JSON.get(accept)
+    if known is None:
+        if len(_ACCEPTS_JSON) >= _MEMO_SIZE:
+            _ACCEPTS_JSON.clear()
+        known = _ACCEPTS_JSON[accept] = _accepts_json(accept)
+    return known
+
+
+def _accepts_json(accept: bytes) -> bool:
     for part in accept.split(b","):
         media = part.split(b";", 1)[0].strip().lower()
         if media in (b"application/json", b"*/*", b"application/*"):
@@ -149,6 +163,7 @@ class CacheManager:
         # would cost far more CPU than proxying it.
         self._list_versions: dict[tuple[str, ...], str] = {}
         self._decoding: set[defer.Deferred[Any]] = set()
+        self._cacheable: dict[RequestInfo, bool] = {}
         self._metrics = metrics
         self._run = run_in_thread
 
@@ -158,7 +173,16 @@ class CacheManager:
         return bool(component) and ("*" in self.agents or component in self.agents)
 
     def cacheable(self, info: RequestInfo) -> bool:
-        """Whether an answer to this request is kept (before content negotiation)."""
+        """Whether an answer to this request is kept (before content negotiation);
+        remembered per request info (a node repeats the same few requests)."""
+        known = self._cacheable.get(info)
+        if known is None:
+            if len(self._cacheable) >= _MEMO_SIZE:
+                self._cacheable.clear()
+            known = self._cacheable[info] = self._decide_cacheable(info)
+        return known
+
+    def _decide_cacheable(self, info: RequestInfo) -> bool:
         if not (info.is_resource_request and info.verb in CACHED_VERBS and self.is_agent(info.component)):
             return False
         if info.subresource not in ("", "status") or info.api_group in NEVER_CACHED_GROUPS:

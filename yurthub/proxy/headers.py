@@ -93,11 +93,31 @@ def strip_hop_by_hop(headers: Headers, *, also_drop: frozenset[bytes] = frozense
     In place because this runs for every proxied request and response: the message is
     the proxy's own by then, and a copy would cost a header-by-header rebuild.
     """
-    drop = HOP_BY_HOP | connection_tokens(headers) | also_drop
+    listed = connection_tokens(headers)
+    if _DIRECT and not listed:
+        # The usual case (no Connection header): drop the fixed names by their keys.
+        raw = headers._rawHeaders
+        for key in _hop_keys(also_drop) & raw.keys():
+            del raw[key]
+        return headers
+    drop = HOP_BY_HOP | listed | also_drop
     doomed = [name for name, _ in headers.getAllRawHeaders() if name.lower() in drop]
     for name in doomed:
         headers.removeHeader(name)
     return headers
+
+
+_HOP_KEYS: dict[frozenset[bytes], frozenset[bytes]] = {}
+
+
+def _hop_keys(also_drop: frozenset[bytes]) -> frozenset[bytes]:
+    """The `Headers` keys of the hop-by-hop names plus ``also_drop`` (a caller's constant)."""
+    keys = _HOP_KEYS.get(also_drop)
+    if keys is None:
+        keys = frozenset(_KEYS.get(name) or _key_of(name) for name in HOP_BY_HOP | also_drop)
+        if len(_HOP_KEYS) < 16:
+            _HOP_KEYS[also_drop] = keys
+    return keys
 
 
 def has_bearer_token(headers: Headers) -> bool:

@@ -62,6 +62,7 @@ _log = Logger()
 ABORT_AFTER = 15.0
 
 _HTTP11 = b"HTTP/1.1"
+_VERSIONS = {"1.1": _HTTP11, "1.0": b"HTTP/1.0"}
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 _LAST_CHUNK = b"0\r\n\r\n"
 
@@ -446,7 +447,7 @@ class LeanChannel(Protocol):
     def on_message_complete(self) -> None:
         parser = self._parser
         headers = headers_from(self._fields)
-        version = b"HTTP/" + parser.get_http_version().encode("ascii")
+        version = _VERSIONS.get(parser.get_http_version()) or b"HTTP/" + parser.get_http_version().encode("ascii")
         request = LeanRequest(
             self,
             parser.get_method(),

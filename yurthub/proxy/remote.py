@@ -176,10 +176,12 @@ class ResponseRelay(Protocol):
             self._tee = None
 
     def connectionLost(self, reason: Failure = Failure(ResponseDone())) -> None:  # noqa: N802, B008
+        # Failure.check walks the class hierarchy; nearly every body ends with exactly this.
+        done = reason.type is ResponseDone or bool(reason.check(ResponseDone))
         tee, self._tee = self._tee, None
         if tee is not None:
             try:
-                if reason.check(ResponseDone) and not self.client_gone:
+                if done and not self.client_gone:
                     tee.finish()
                 else:
                     tee.abandon()
@@ -187,7 +189,7 @@ class ResponseRelay(Protocol):
                 _log.failure("caching an answer failed")
         if not self.client_gone:
             self.request.unregisterProducer()
-            if reason.check(ResponseDone, PotentialDataLoss):
+            if done or reason.check(PotentialDataLoss):
                 self.request.finish()
             elif self._watch and self.at_line_end:
                 # Between two events a lost watch ends as a finished one: the client
