@@ -501,6 +501,7 @@ class PipelineTests(SynchronousTestCase):
             if request.path == b"/slow":
                 held.append(request)
                 return NOT_DONE_YET
+            request.content.seek(0)  # the recording resource read it already
             return request.content.read()
 
         resource = _Resource(answer)
@@ -1210,3 +1211,48 @@ class RenderErrorTests(LeanServerTestCase):
         client.transport.write(get(b"/fine"))  # type: ignore[union-attr]
         (following,) = await read_answers(client, b"GET")
         self.assertEqual((following.code, following.body), (200, b"still here"))
+
+
+class RefusalOrderTests(SynchronousTestCase):
+    """A refusal never cuts into an answer under way, and limits count what they name."""
+
+    def test_garbage_during_an_answer_is_refused_once_the_answer_is_complete(self) -> None:
+        held: list[Any] = []
+
+        def answer(request: Any) -> bytes | int:
+            held.append(request)
+            return NOT_DONE_YET
+
+        channel, transport, _, _ = on_clock(self, _Resource(answer))
+        channel.dataReceived(get(b"/watch"))
+        held[0].write(b"event one\n")
+        channel.dataReceived(b"\x00\x01 not http\r\n\r\n")
+        self.assertFalse(transport.disconnecting, "the answer under way was cut")
+        held[0].write(b"event two\n")
+        held[0].finish()
+        (first, refused), _ = parse_answers(transport.value(), (b"GET", b"GET"))
+        self.assertEqual((first.code, first.body), (200, b"event one\nevent two\n"))
+        self.assertEqual(refused.code, 400)
+        self.assertTrue(transport.disconnecting)
+
+    def test_the_request_line_limit_counts_the_method_and_version(self) -> None:
+        channel, transport, _, refused = on_clock(self, _Resource())
+        # A target that fits on its own, but not with "GET " and " HTTP/1.1" around it.
+        channel.dataReceived(get(b"/" + b"a" * (LIMITS["max_request_line_bytes"] - 8)))
+        self.assertIn(b" 414 ", transport.value())
+        self.assertEqual(refused, ["too_big"])
+
+    def test_a_request_line_just_within_the_limit_is_answered(self) -> None:
+        channel, transport, _, _ = on_clock(self, _Resource())
+        line_overhead = len(b"GET  HTTP/1.1")
+        channel.dataReceived(get(b"/" + b"a" * (LIMITS["max_request_line_bytes"] - line_overhead - 1)))
+        self.assertIn(b" 200 ", transport.value())
+
+    def test_no_interim_answer_for_a_body_that_is_refused(self) -> None:
+        channel, transport, _, _ = on_clock(self, _Resource())
+        channel.dataReceived(
+            b"POST /p HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: %d\r\n\r\n"
+            % (LIMITS["max_body_bytes"] + 1)
+        )
+        self.assertNotIn(b"100 Continue", transport.value())
+        self.assertIn(b" 413 ", transport.value())

@@ -299,6 +299,10 @@ class LeanChannel(Protocol):
         self._url_bytes = 0
         self._fields: list[tuple[bytes, bytes]] = []
         self._head_bytes = 0
+        self._raw_head_bytes = 0
+        self._continue_due = False
+        #: A refusal (its code) waiting for the answers to the requests before it.
+        self._refusal_due = 0
         self._body: list[bytes] = []
         self._body_bytes = 0
 
@@ -373,10 +377,13 @@ class LeanChannel(Protocol):
         except httptools.HttpParserError:
             if not self._refused:
                 self._refuse(400, None)
+            self._process()  # whole requests before the bad bytes are answered first
             return
         if self._in_head:
-            self._head_bytes += len(data)
-            if self._head_bytes > self._limits.max_header_bytes + self._limits.max_request_line_bytes:
+            # Bytes of a head still incomplete, held by the parser: bounded (the parsed
+            # fields are counted exactly in on_url and on_header).
+            self._raw_head_bytes += len(data)
+            if self._raw_head_bytes > self._limits.max_header_bytes + self._limits.max_request_line_bytes:
                 self._refuse(431, "too_big")
                 return
             if self._head_timer is None:
@@ -406,13 +413,16 @@ class LeanChannel(Protocol):
         self._url_bytes = 0
         self._fields = []
         self._head_bytes = 0
+        self._raw_head_bytes = 0
         self._body = []
         self._body_bytes = 0
 
     def on_url(self, piece: bytes) -> None:
         self._url.append(piece)
         self._url_bytes += len(piece)
-        if self._url_bytes > self._limits.max_request_line_bytes:
+        limit = self._limits.max_request_line_bytes
+        # The request line is the method, a space, the target and " HTTP/1.1".
+        if self._url_bytes > limit - 32 and self._url_bytes + len(self._parser.get_method()) + 10 > limit:
             self._refuse(414, "too_big")
             raise _Refused()
 
@@ -427,6 +437,8 @@ class LeanChannel(Protocol):
     def on_headers_complete(self) -> None:
         self._in_head = False
         self._head_bytes = 0
+        self._raw_head_bytes = 0
+        expects = False
         for name, value in self._fields:
             lowered = name.lower()
             if lowered == b"content-length":
@@ -434,8 +446,12 @@ class LeanChannel(Protocol):
                     self._refuse(413, "too_big")
                     raise _Refused()
             elif lowered == b"expect" and value.strip().lower() == b"100-continue":
-                if self._parser.get_http_version() == "1.1":
-                    self.write(_CONTINUE)
+                expects = self._parser.get_http_version() == "1.1"
+        if expects:
+            # The client waits for this before sending the body; while an earlier answer
+            # is under way it goes out once that answer is complete (`_process`).
+            self._continue_due = True
+            self._send_continue()
 
     def on_body(self, data: bytes) -> None:
         self._body_bytes += len(data)
@@ -445,6 +461,7 @@ class LeanChannel(Protocol):
         self._body.append(data)
 
     def on_message_complete(self) -> None:
+        self._continue_due = False  # the body came anyway: no interim answer needed now
         parser = self._parser
         headers = headers_from(self._fields)
         version = _VERSIONS.get(parser.get_http_version()) or b"HTTP/" + parser.get_http_version().encode("ascii")
@@ -474,7 +491,14 @@ class LeanChannel(Protocol):
         finally:
             self._processing = False
         transport = self.transport
-        if transport is None:
+        if transport is None or self._closing:
+            return
+        if self._current is None and not self._queue:
+            if self._refusal_due:
+                self._send_refusal(self._refusal_due)
+                return
+            self._send_continue()
+        if self._refused:
             return
         waiting = bool(self._queue) or self._upgrading
         if waiting and not self._paused:
@@ -561,9 +585,25 @@ class LeanChannel(Protocol):
         self._cancel_head_timer()
         if reason is not None:
             self.site.refused(reason)
-        if self._current is None:  # else the answer under way would be cut into
-            self.transport.write(refusal(code))
+        if self._current is not None or self._queue:
+            # Requests that came whole before the refused bytes are answered first.
+            self._refusal_due = code
+            if not self._paused:
+                self._paused = True
+                self.transport.pauseProducing()
+            return
+        self._send_refusal(code)
+
+    def _send_refusal(self, code: int) -> None:
+        self._refusal_due = 0
+        self._closing = True
+        self.transport.write(refusal(code))
         self.transport.loseConnection()
+
+    def _send_continue(self) -> None:
+        if self._continue_due and self._current is None and not self._queue and self.transport is not None:
+            self._continue_due = False
+            self.write(_CONTINUE)
 
 
 class LeanFactory(Factory):
