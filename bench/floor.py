@@ -3,9 +3,9 @@
 ``python -m bench.floor --port P --file F`` runs one twisted.web `Site` on 127.0.0.1 that
 answers every GET with the bytes of ``F`` (from memory, ``application/json``, no access
 log): no upstream, no cache, no request routing. ``--upstream URL`` instead relays every
-request to ``URL`` with yurthub's own HTTP parts (its proxy site and channel,
-`yurthub.upstream.http1.UpstreamClient`) and nothing else: no request info, flow control,
-metrics, cache, filters or failover. Their rows in the proxy-list table say how much of
+request to ``URL`` with yurthub's own HTTP parts (the lean server of its plain listener,
+`yurthub.proxy.http11`, its reactor dispatch and `yurthub.upstream.http1.UpstreamClient`)
+and nothing else: no request info, flow control, metrics, cache, filters or failover. Their rows in the proxy-list table say how much of
 the gap to nginx is the HTTP stack's and how much is yurthub's own work. One process, one
 thread, like yurthub.
 """
@@ -92,12 +92,15 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if (args.file is None) == (args.upstream is None):
         parser.error("give exactly one of --file and --upstream")
-    site: Site
+    site: Any
     if args.upstream:
+        from yurthub.dispatch import dispatch_without_log_context
         from yurthub.proxy.channel import ChannelLimits
+        from yurthub.proxy.http11 import LeanFactory
         from yurthub.proxy.root import make_site
 
-        site = make_site(_Relay(args.upstream), leaf=True, limits=ChannelLimits())
+        dispatch_without_log_context(reactor)
+        site = LeanFactory(make_site(_Relay(args.upstream), leaf=True, limits=ChannelLimits()))
     else:
         site = Site(_Static(args.file.read_bytes()))
         site.log = lambda request: None  # type: ignore[method-assign]

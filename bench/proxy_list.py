@@ -133,7 +133,7 @@ def _start_all(run: Run, body: bytes) -> _Servers:
     targets.append(_start_floor(run, "floor", "twisted.web static (floor)", ["--file", str(pods_file)],
                                 "twisted.web serving the same bytes from memory, no upstream: one process, one thread"))
     targets.append(_start_floor(run, "relay-floor", "bare relay (floor)", ["--upstream", up_url],
-                                "yurthub's site, channel and upstream client, none of its per-request work"))
+                                "yurthub's lean server, dispatch and upstream client, none of its per-request work"))
     return _Servers(targets, upstream, yurthub, f"http://127.0.0.1:{hub_port}")
 
 

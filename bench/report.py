@@ -204,8 +204,8 @@ def print_report(report: dict[str, Any], rows: Sequence[Row], emit: Callable[[st
     if "floor_ratio" in v:
         emit(
             f"twisted.web static (floor) / nginx proxy = {v['floor_ratio']:.3f} at "
-            f"{v['floor_cpu_us_per_request']:.0f} us per request: twisted.web alone, answering "
-            "from memory with no upstream, is where yurthub's HTTP stack tops out"
+            f"{v['floor_cpu_us_per_request']:.0f} us per request: twisted.web alone (the HTTPS "
+            "listener's stack; the plain one is yurthub's lean server), answering from memory"
         )
     if "relay_floor_ratio" in v:
         emit(
