@@ -8,7 +8,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.http_headers import Headers
 
 from yurthub.proxy import headers as module
-from yurthub.proxy.headers import headers_from, strip_hop_by_hop
+from yurthub.proxy.headers import field, headers_from, set_field, strip_hop_by_hop
 
 _TOKEN_CHARS = "!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
 _names = st.text(alphabet=_TOKEN_CHARS, min_size=1, max_size=12).map(str.encode)
@@ -76,3 +76,25 @@ class StripHopByHopTests(SynchronousTestCase):
         )
         strip_hop_by_hop(headers, also_drop=frozenset({b"host"}))
         self.assertEqual(list(headers.getAllRawHeaders()), [(b"Accept", [b"a"])])
+
+
+class FieldTests(SynchronousTestCase):
+    @given(st.lists(st.tuples(_names, _values), max_size=10), _names)
+    def test_field_reads_as_get_raw_headers(self, fields: list[tuple[bytes, bytes]], name: bytes) -> None:
+        headers = headers_from(fields)
+        for asked in (name, name.lower(), *(n for n, _ in fields)):
+            self.assertEqual(field(headers, asked), headers.getRawHeaders(asked))
+
+    @given(st.lists(st.tuples(_names, _values), max_size=10), _names, _values)
+    def test_set_field_sets_as_set_raw_headers(self, fields: list[tuple[bytes, bytes]], name: bytes, value: bytes) -> None:
+        ours, theirs = headers_from(fields), headers_from(fields)
+        set_field(ours, name.lower(), value)
+        theirs.setRawHeaders(name.lower(), [value])
+        self.assertEqual(list(ours.getAllRawHeaders()), list(theirs.getAllRawHeaders()))
+
+    def test_without_direct_access_the_public_methods_are_used(self) -> None:
+        self.patch(module, "_DIRECT", False)
+        headers = Headers()
+        set_field(headers, b"content-type", b"application/json")
+        self.assertEqual(field(headers, b"Content-Type"), [b"application/json"])
+        self.assertIsNone(field(headers, b"accept"))

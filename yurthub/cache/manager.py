@@ -35,6 +35,7 @@ from yurthub.interfaces import IObjectStore
 from yurthub.kube.selectors import FieldSelector, LabelSelector, SelectorError, field_paths
 from yurthub.lines import LineBuffer
 from yurthub.metrics import ProxyMetrics
+from yurthub.proxy.headers import field, set_field
 from yurthub.requestinfo import RequestInfo
 
 _log = Logger()
@@ -207,9 +208,11 @@ class CacheManager:
             return DocumentTee(self, info, name)
         if not self.cacheable(info):
             return None
-        if not accepts_json(request.getHeader(b"accept")):
+        accept = request.getHeader(b"accept")
+        if not accepts_json(accept):
             return None
-        request.requestHeaders.setRawHeaders(b"accept", [b"application/json"])
+        if field(request.requestHeaders, b"accept") != [b"application/json"]:
+            set_field(request.requestHeaders, b"accept", b"application/json")
         if info.is_watch:
             return WatchTee(self, info)
         return WholeTee(self, info)

@@ -27,6 +27,8 @@ HOP_BY_HOP = frozenset(
 )
 
 
+_NO_TOKENS: frozenset[bytes] = frozenset()
+
 #: Each field name seen, as `Headers` keys it (its canonical form); bounded, since
 #: clients choose names.
 _KEYS: dict[bytes, bytes] = {}
@@ -79,11 +81,28 @@ def headers_from(fields: Iterable[tuple[bytes, bytes]]) -> Headers:
     return headers
 
 
+def field(headers: Headers, name: bytes) -> list[bytes] | None:
+    """``headers.getRawHeaders(name)`` for a bytes ``name``, read by key: the proxy path
+    asks a dozen times per request, and each ask encodes the name again."""
+    if _DIRECT:
+        return headers._rawHeaders.get(_KEYS.get(name) or _key_of(name)) or None  # type: ignore[return-value]
+    return headers.getRawHeaders(name)  # type: ignore[return-value]
+
+
+def set_field(headers: Headers, name: bytes, value: bytes) -> None:
+    """``headers.setRawHeaders(name, [value])`` for a bytes ``value`` holding no line
+    break (yurthub's own values), set by key."""
+    if _DIRECT:
+        headers._rawHeaders[_KEYS.get(name) or _key_of(name)] = [value]
+    else:
+        headers.setRawHeaders(name, [value])
+
+
 def connection_tokens(headers: Headers) -> frozenset[bytes]:
     """The lower-cased header names listed in ``Connection`` (they are hop-by-hop too)."""
-    values = headers.getRawHeaders(b"connection")
+    values = field(headers, b"connection")
     if not values:
-        return frozenset()
+        return _NO_TOKENS
     return frozenset(t.strip().lower() for v in values for t in v.split(b",") if t.strip())
 
 
@@ -122,13 +141,13 @@ def _hop_keys(also_drop: frozenset[bytes]) -> frozenset[bytes]:
 
 def has_bearer_token(headers: Headers) -> bool:
     """True if the client authenticates itself with ``Authorization: Bearer ...``."""
-    values = headers.getRawHeaders(b"authorization")
+    values = field(headers, b"authorization")
     return values is not None and any(v[:7].lower() == b"bearer " for v in values)
 
 
 def is_upgrade(headers: Headers) -> bool:
     """True for a protocol-upgrade request (``Connection: Upgrade`` plus ``Upgrade``)."""
-    return b"upgrade" in connection_tokens(headers) and headers.hasHeader(b"upgrade")
+    return b"upgrade" in connection_tokens(headers) and field(headers, b"upgrade") is not None
 
 
 def request_target(request: IRequest) -> bytes:

@@ -52,7 +52,7 @@ from twisted.web.http_headers import Headers
 
 from yurthub.dispatch import can_send_now, send_now
 from yurthub.proxy.channel import ChannelLimits, refusal
-from yurthub.proxy.headers import headers_from
+from yurthub.proxy.headers import field, headers_from, set_field
 from yurthub.proxy.root import SEND_LIMIT, ProxySite, render_leaf
 from yurthub.proxy.status import finish_with_status
 
@@ -118,7 +118,10 @@ class LeanRequest:
         return parse_qs(query, keep_blank_values=True)
 
     def getHeader(self, name: bytes) -> bytes | None:  # noqa: N802 - IRequest's name
-        values = self.requestHeaders.getRawHeaders(name)
+        if isinstance(name, bytes):
+            values = field(self.requestHeaders, name)
+        else:
+            values = self.requestHeaders.getRawHeaders(name)
         return values[-1] if values else None
 
     def getClientAddress(self) -> Any:  # noqa: N802
@@ -145,23 +148,24 @@ class LeanRequest:
         """The status line and header block, with twisted.web's additions."""
         headers = self.responseHeaders
         code = self.code
-        if headers.getRawHeaders(b"content-length") is None:
+        length = field(headers, b"content-length")
+        if length is None:
             if self.clientproto == _HTTP11 and self.method != b"HEAD" and code not in NO_BODY_CODES:
-                headers.setRawHeaders(b"transfer-encoding", [b"chunked"])
+                set_field(headers, b"transfer-encoding", b"chunked")
                 self.chunked = True
             zero_length = False
         else:
-            zero_length = headers.getRawHeaders(b"content-length")[0] == b"0"  # type: ignore[index]
+            zero_length = length[0] == b"0"
         if (
             self.defaultContentType is not None
             and code != 204
             and code != 304
             and not zero_length
-            and not headers.hasHeader(b"content-type")
+            and field(headers, b"content-type") is None
         ):
             headers.setRawHeaders(b"content-type", [self.defaultContentType])
         if not self.persistent and self.clientproto == _HTTP11:
-            headers.setRawHeaders(b"connection", [b"close"])
+            set_field(headers, b"connection", b"close")
         head = [self.clientproto, b" %d " % code, self.code_message, b"\r\n"]
         for name, values in headers.getAllRawHeaders():
             for value in values:

@@ -44,7 +44,7 @@ from yurthub.filters.chain import FilterChain, FilterError, RequestFilters
 from yurthub.interfaces import IAttempts, IFailoverFactory
 from yurthub.lines import LineBuffer
 from yurthub.metrics import ProxyMetrics
-from yurthub.proxy.headers import presents_node, request_target, strip_hop_by_hop
+from yurthub.proxy.headers import field, presents_node, request_target, set_field, strip_hop_by_hop
 from yurthub.proxy.status import abort_client, finish_with_status, when_ended
 from yurthub.requestinfo import RequestInfo
 from yurthub.upstream.backends import Backend
@@ -602,7 +602,7 @@ class _Exchange:
             self.proxy.bytes_up.inc(len(self.body))
         self.proxy.count_request(backend)
         started = self.proxy.reactor.seconds()
-        self.headers.setRawHeaders(b"host", [backend.host_header])
+        set_field(self.headers, b"host", backend.host_header)
         self.pending = self.proxy.client_for(self.request).request_to(
             backend, self.request.method, self.target, self.headers, self.body
         )
@@ -625,7 +625,7 @@ class _Exchange:
         # The client took the connection's fields (and those its Connection names) out of
         # response.headers: what remains is the answer's own, and becomes the client's.
         headers = response.headers
-        content_type = headers.getRawHeaders(b"content-type", [b""])[0]
+        content_type = (field(headers, b"content-type") or (b"",))[0]
         stage = self.stage if 200 <= response.code < 300 else None
         if stage is not None and content_type.split(b";", 1)[0].strip().lower() != b"application/json":
             # Filters read JSON only: never pass an answer they could not read.
@@ -636,7 +636,7 @@ class _Exchange:
         if whole:
             headers.removeHeader(b"content-length")
         elif response.length is not UNKNOWN_LENGTH and request.method != b"HEAD":
-            headers.setRawHeaders(b"content-length", [b"%d" % response.length])
+            set_field(headers, b"content-length", b"%d" % response.length)
         request.responseHeaders = headers
         request.defaultContentType = None  # type: ignore[assignment]
         if self.info.is_watch or (response.length is UNKNOWN_LENGTH and not whole):
