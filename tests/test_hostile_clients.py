@@ -37,9 +37,10 @@ from twisted.web.iweb import UNKNOWN_LENGTH
 
 from tests.support import hub_config
 from yurthub.cache.keys import CacheKey
+from yurthub.proxy.http11 import LeanFactory
 from yurthub.service import YurtHub
 from yurthub.testing.memory_store import MemoryObjectStore
-from yurthub.upstream.http1 import UNSAFE_TARGET
+from yurthub.upstream.http1 import UNSAFE_TARGET, Pending
 
 #: Examples per property; four properties below (10,000 cases), and 120 oversized heads or bodies.
 EXAMPLES = 2500
@@ -136,12 +137,24 @@ class FakeUpstreamClient:
             length = len(payload)
         return defer.succeed(_FakeResponse(payload, length))
 
+    def start(
+        self, backend: Any, method: bytes, target: bytes, headers: Headers, body: Any,
+        answered: Any, failed: Any, context: Any,
+    ) -> Any:
+        """`UpstreamClient.start`: the same answers, to callables."""
+        self.request_to(backend, method, target, headers, body).addCallbacks(
+            lambda response: answered(response, context), lambda failure: failed(failure, context)
+        )
+        return Pending()
+
 
 class Exchange:
     """One raw request fed to the site over a `StringTransport`; what came back."""
 
-    def __init__(self, hub: YurtHub, reactor: MemoryReactorClock, raw: bytes) -> None:
-        protocol = hub.proxy_site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 40000))
+    def __init__(self, hub: YurtHub, reactor: MemoryReactorClock, raw: bytes, *, lean: bool = True) -> None:
+        # The plain listener's lean server, or twisted.web (the HTTPS listener's stack).
+        factory = LeanFactory(hub.proxy_site) if lean else hub.proxy_site
+        protocol = factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 40000))
         transport = StringTransport()
         connects = len(reactor.tcpClients)
         protocol.makeConnection(transport)
@@ -197,6 +210,7 @@ class _Harness:
         )
         self.hub = YurtHub(config, self.reactor, store=self.store)
         self.hub.proxy_site.reactor = self.reactor
+        self.sent = 0
         self.hub.cache._run = lambda f, *args: defer.maybeDeferred(f, *args)
         if online:
             self.agent = FakeUpstreamClient()
@@ -218,7 +232,9 @@ class _Harness:
         test.addCleanup(self.hub.local.close)
 
     def send(self, raw: bytes) -> Exchange:
-        return Exchange(self.hub, self.reactor, raw)
+        # Every other request goes to each HTTP/1.1 stack: both are fuzzed, in one run.
+        self.sent += 1
+        return Exchange(self.hub, self.reactor, raw, lean=self.sent % 2 == 0)
 
     def check(self, test: SynchronousTestCase, raw: bytes, exchange: Exchange, *, strict_4xx: bool = False) -> None:
         """The rules every fuzzed request must keep."""

@@ -299,6 +299,63 @@ class UpstreamClientTests(TestCase):
             await pending
         await self.next_request_gets_a_new_connection(server, client, backend)
 
+    async def test_start_calls_back_with_the_context(self) -> None:
+        server, backend = self.serve(lambda head: ok(b"{}"))
+        client = self.client()
+        heard: defer.Deferred[Any] = defer.Deferred()
+        client.start(backend, b"GET", b"/a", Headers({b"Host": [b"x"]}), None,
+                     lambda response, context: heard.callback((response.code, context)),
+                     lambda failure, context: heard.errback(failure), "ctx")  # fmt: skip
+        self.assertEqual(await heard, (200, "ctx"))
+
+    async def test_start_tells_failed_what_request_to_would_errback(self) -> None:
+        server, backend = self.serve(lambda head: b"HTTP/1.1 200 OK\r\nContent-Le")
+        server.close_after = True
+        client = self.client()
+        heard: defer.Deferred[Any] = defer.Deferred()
+        client.start(backend, b"GET", b"/a", Headers({b"Host": [b"x"]}), None,
+                     lambda response, context: heard.errback(AssertionError("answered")),
+                     lambda failure, context: heard.callback((failure, context)), 7)  # fmt: skip
+        failure, context = await heard
+        self.assertTrue(failure.check(ResponseFailed))
+        self.assertEqual(context, 7)
+        bad: list[Any] = []
+        client.start(backend, b"G T", b"/a", Headers(), None, bad.append, lambda f, c: bad.append(f.type), None)
+        self.assertEqual(bad, [ValueError])
+
+    async def test_cancel_after_start_calls_neither(self) -> None:
+        server, backend = self.serve(lambda head: b"")  # never answers
+        client = self.client()
+        heard: list[Any] = []
+        pending = client.start(backend, b"GET", b"/slow", Headers({b"Host": [b"x"]}), None,
+                               lambda *a: heard.append(a), lambda *a: heard.append(a), None)  # fmt: skip
+        await wait_until(lambda: len(server.requests) == 1)
+        pending.cancel()
+        await self.next_request_gets_a_new_connection(server, client, backend)
+        self.assertEqual(heard, [])
+
+    async def test_a_late_cancel_leaves_the_connection_to_its_next_request(self) -> None:
+        answers = iter([ok(b"first"), b""])  # the second request is never answered
+        server, backend = self.serve(lambda head: next(answers))
+        client = self.client()
+        first: defer.Deferred[Any] = defer.Deferred()
+        pending = client.start(backend, b"GET", b"/1", Headers({b"Host": [b"x"]}), None,
+                               lambda response, _: first.callback(response), lambda f, _: first.errback(f), None)  # fmt: skip
+        response = await first
+        body = _Body()
+        response.deliverBody(body)
+        await body.ended
+        await sleep(0)  # back in the pool
+        second = client.request_to(backend, b"GET", b"/2", Headers({b"Host": [b"x"]}), None)
+        await wait_until(lambda: len(server.requests) == 2)
+        pending.cancel()  # the first request's, long answered: must not touch the second
+        await sleep(0.05)
+        self.assertEqual(len(server.connections), 1)
+        self.assertFalse(server.connections[0].transport.disconnected)
+        second.cancel()
+        with self.assertRaises(defer.CancelledError):
+            await second
+
     async def test_stop_producing_mid_body_drops_the_connection(self) -> None:
         big = b"x" * 10
         server, backend = self.serve(lambda head: b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n" + big)

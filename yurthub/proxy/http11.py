@@ -304,6 +304,7 @@ class LeanChannel(Protocol):
         self._fields: list[tuple[bytes, bytes]] = []
         self._head_bytes = 0
         self._raw_head_bytes = 0
+        self._in_body = False
         self._continue_due = False
         #: A refusal (its code) waiting for the answers to the requests before it.
         self._refusal_due = 0
@@ -378,9 +379,10 @@ class LeanChannel(Protocol):
             if rest:
                 self._dataBuffer.append(rest)
             self._upgrading = True
-        except httptools.HttpParserError:
+        except httptools.HttpParserError as error:
             if not self._refused:
-                self._refuse(400, None)
+                code = self._code_for(error, data)
+                self._refuse(code, "too_big" if code != 400 else None)
             self._process()  # whole requests before the bad bytes are answered first
             return
         if self._in_head:
@@ -395,6 +397,23 @@ class LeanChannel(Protocol):
         elif self._head_timer is not None:
             self._cancel_head_timer()
         self._process()
+
+    def _code_for(self, error: Exception, data: bytes) -> int:
+        """The answer to bytes llhttp refused: what is also over a limit gets the limit's
+        code, as twisted.web (which measures before it parses) answers it; else 400."""
+        limits = self._limits
+        if "Content-Length overflow" in str(error):
+            return 413  # a length llhttp cannot even hold
+        if self._in_body:
+            return 413 if self._body_bytes + len(data) > limits.max_body_bytes + 64 * 1024 else 400
+        if not self._in_head or not self._url_bytes:
+            end = data.find(b"\r\n")
+            if (end if end != -1 else len(data)) > limits.max_request_line_bytes:
+                return 414
+        end = data.find(b"\r\n\r\n")
+        if self._raw_head_bytes + (end if end != -1 else len(data)) > limits.max_header_bytes:
+            return 431
+        return 400
 
     def connectionLost(self, reason: Failure = Failure(Exception())) -> None:  # noqa: N802, B008
         self._lost = True
@@ -440,6 +459,7 @@ class LeanChannel(Protocol):
 
     def on_headers_complete(self) -> None:
         self._in_head = False
+        self._in_body = True  # until the message is complete
         self._head_bytes = 0
         self._raw_head_bytes = 0
         expects = False
@@ -465,6 +485,7 @@ class LeanChannel(Protocol):
         self._body.append(data)
 
     def on_message_complete(self) -> None:
+        self._in_body = False
         self._continue_due = False  # the body came anyway: no interim answer needed now
         parser = self._parser
         headers = headers_from(self._fields)

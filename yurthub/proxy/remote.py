@@ -49,7 +49,7 @@ from yurthub.proxy.status import abort_client, finish_with_status, when_ended
 from yurthub.requestinfo import RequestInfo
 from yurthub.upstream.backends import Backend
 from yurthub.upstream.endpoints import BackendEndpointFactory
-from yurthub.upstream.http1 import UNSAFE_TARGET, UpstreamClient, UpstreamResponse
+from yurthub.upstream.http1 import UNSAFE_TARGET, Pending, UpstreamClient, UpstreamResponse
 
 _log = Logger()
 
@@ -559,7 +559,7 @@ class _Exchange:
         self.attempts = attempts
         self.on_unavailable = on_unavailable
         self.backend: Backend | None = None
-        self.pending: defer.Deferred[UpstreamResponse] | None = None
+        self.pending: Pending | None = None
         self.relay: ResponseRelay | None = None
         self.client_gone = False
         self._seq = 0  # the current attempt; outcomes of abandoned ones are ignored
@@ -603,15 +603,22 @@ class _Exchange:
         self.proxy.count_request(backend)
         started = self.proxy.reactor.seconds()
         set_field(self.headers, b"host", backend.host_header)
-        self.pending = self.proxy.client_for(self.request).request_to(
-            backend, self.request.method, self.target, self.headers, self.body
+        self.pending = self.proxy.client_for(self.request).start(
+            backend,
+            self.request.method,
+            self.target,
+            self.headers,
+            self.body,
+            self._answered,
+            self._failed,
+            (backend, started, self._seq),
         )
-        self.pending.addCallbacks(
-            self.got_response,
-            self.failed,
-            callbackArgs=(started, self._seq),
-            errbackArgs=(backend, self._seq),
-        )
+
+    def _answered(self, response: UpstreamResponse, context: tuple[Backend, float, int]) -> None:
+        self.got_response(response, context[1], context[2])
+
+    def _failed(self, failure: Failure, context: tuple[Backend, float, int]) -> None:
+        self.failed(failure, context[0], context[2])
 
     def got_response(self, response: UpstreamResponse, started: float, seq: int) -> None:
         if seq != self._seq or self.client_gone:

@@ -27,6 +27,7 @@ splices those). Agent stays in use for yurthub's own calls to the cloud.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from typing import Any
 
 import httptools
@@ -134,7 +135,9 @@ class _Connection(Protocol):
         self.idle_since = 0.0
         self.lost = False
         self._parser: Any = None
-        self._waiting: defer.Deferred[UpstreamResponse] | None = None
+        #: Who hears of the answer's head or of the failure before it: ``(answered,
+        #: failed, context)`` of `UpstreamClient.start`.
+        self._waiting: tuple[Any, Any, Any] | None = None
         self._is_head = False
         self._headers: list[tuple[bytes, bytes]] = []
         self._phrase = b""
@@ -151,9 +154,9 @@ class _Connection(Protocol):
         self._complete = False  # the answer ended well; to the pool after this read
 
     # --- the request -------------------------------------------------------------
-    def send(self, head: bytes, body: bytes | None, is_head: bool) -> defer.Deferred[UpstreamResponse]:
+    def send(self, head: bytes, body: bytes | None, is_head: bool, waiting: tuple[Any, Any, Any]) -> None:
         self._parser = httptools.HttpResponseParser(self)
-        self._waiting = defer.Deferred(self._cancel)
+        self._waiting = waiting
         self._is_head = is_head
         self._headers = []
         self._phrase = b""
@@ -173,10 +176,10 @@ class _Connection(Protocol):
             send_now(transport, data)
         else:
             transport.write(data)
-        return self._waiting
 
-    def _cancel(self, waiting: defer.Deferred[UpstreamResponse]) -> None:
-        # Deferred errbacks with CancelledError itself once this returns.
+    def cancel(self) -> None:
+        """The request's sender gave up on it before its answer's head: nobody hears of
+        this request again, and the connection is dropped."""
         self._waiting = None
         self.drop()
 
@@ -236,7 +239,11 @@ class _Connection(Protocol):
             # No body follows, whatever Content-Length says; llhttp would wait for one.
             self._finish(_DONE, reusable=False)
         if waiting is not None:
-            waiting.callback(response)
+            answered, _, context = waiting
+            try:
+                answered(response, context)
+            except Exception:
+                _log.failure("handling an upstream answer failed")
 
     def on_body(self, data: bytes) -> None:
         if self._dropped:
@@ -337,10 +344,12 @@ class _Connection(Protocol):
     def _fail(self, reason: Failure) -> None:
         waiting, self._waiting = self._waiting, None
         if waiting is not None:
-            if self._response_started:
-                waiting.errback(ResponseFailed([reason]))
-            else:
-                waiting.errback(ResponseNeverReceived([reason]))
+            _, failed, context = waiting
+            kind = ResponseFailed if self._response_started else ResponseNeverReceived
+            try:
+                failed(Failure(kind([reason])), context)
+            except Exception:
+                _log.failure("handling an upstream failure failed")
             return
         if self._in_body:
             self._in_body = False
@@ -369,6 +378,30 @@ class _ConnectionFactory(Factory):
         return _Connection(self._client, self._key)
 
 
+class Pending:
+    """A request sent by `UpstreamClient.start` and not answered yet: ``cancel()``."""
+
+    __slots__ = ("cancelled", "connecting", "connection", "waiting")
+
+    def __init__(self) -> None:
+        self.cancelled = False
+        self.connecting: defer.Deferred[Any] | None = None
+        self.connection: _Connection | None = None
+        self.waiting: Any = None
+
+    def cancel(self) -> None:
+        if self.cancelled:
+            return
+        self.cancelled = True
+        if self.connection is not None:
+            # Only while the connection still waits for this request's answer: once it
+            # came, the connection relays its body or already carries another request.
+            if self.connection._waiting is self.waiting:
+                self.connection.cancel()
+        elif self.connecting is not None:
+            self.connecting.cancel()
+
+
 class UpstreamClient:
     """Sends requests to backends over pooled HTTP/1.1 connections (see the module)."""
 
@@ -387,18 +420,66 @@ class UpstreamClient:
     def request_to(
         self, backend: Backend, method: bytes, target: bytes, headers: Headers, body: bytes | None
     ) -> defer.Deferred[UpstreamResponse]:
-        """Send one request to ``backend``; fires with the response head."""
+        """Send one request to ``backend``; fires with the response head (cancelling it
+        drops the request's connection)."""
+        answer: defer.Deferred[UpstreamResponse] = defer.Deferred(lambda _: pending.cancel())
+        pending = self.start(
+            backend,
+            method,
+            target,
+            headers,
+            body,
+            lambda response, _: answer.callback(response),
+            lambda failure, _: answer.errback(failure),
+            None,
+        )
+        return answer
+
+    def start(
+        self,
+        backend: Backend,
+        method: bytes,
+        target: bytes,
+        headers: Headers,
+        body: bytes | None,
+        answered: Callable[[UpstreamResponse, Any], object],
+        failed: Callable[[Failure, Any], object],
+        context: Any,
+    ) -> Pending:
+        """Send one request to ``backend``: ``answered(response, context)`` once the
+        response head is in, or ``failed(failure, context)`` (the failures `request_to`'s
+        Deferred would carry). `request_to` without a Deferred per request: after
+        ``cancel()`` on what this returns, neither is called (for a connection still being
+        made, ``failed`` hears of its `CancelledError`)."""
+        pending = Pending()
         if not _METHOD.match(method):
-            return defer.fail(ValueError(f"invalid request method {method!r}"))
+            failed(Failure(ValueError(f"invalid request method {method!r}")), context)
+            return pending
         if UNSAFE_TARGET.search(target):
-            return defer.fail(ValueError(f"invalid request target {target!r}"))
+            failed(Failure(ValueError(f"invalid request target {target!r}")), context)
+            return pending
         head = encode_head(method, target, headers, body)
         is_head = method == b"HEAD"
+        waiting = pending.waiting = (answered, failed, context)
         endpoint = self._endpoints.endpoint_for(backend.scheme, backend.host, backend.port)
         connection = self._take(endpoint)
         if connection is not None:
-            return connection.send(head, body, is_head)
-        return self._connect(endpoint).addCallback(lambda c: c.send(head, body, is_head))
+            pending.connection = connection
+            connection.send(head, body, is_head, waiting)
+            return pending
+
+        def connected(connection: _Connection) -> None:
+            pending.connecting = None
+            if pending.cancelled:
+                connection.drop()
+                return
+            pending.connection = connection
+            connection.send(head, body, is_head, waiting)
+
+        connecting = self._connect(endpoint)
+        pending.connecting = connecting
+        connecting.addCallbacks(connected, lambda failure: failed(failure, context))
+        return pending
 
     def _take(self, key: Any) -> _Connection | None:
         idle = self._idle.get(key)
