@@ -213,6 +213,7 @@ class ProxyMetrics:
 
         self._seen: dict[str, set[str]] = {"component": set(), "verb": set(), "resource": set()}
         self._children: dict[tuple[Any, ...], Any] = {}
+        self._labels: dict[Any, tuple[str, str, str]] = {}
 
     def _bounded(self, label: str, value: str) -> str:
         seen = self._seen[label]
@@ -240,6 +241,29 @@ class ProxyMetrics:
         component = bounded("component", component)
         self.in_flight.labels(component).value -= 1
         self.requests.labels(component, bounded("verb", verb), bounded("resource", resource), code).value += 1
+
+    def request_labels(self, info: Any) -> tuple[str, str, str]:
+        """The bounded (component, verb, resource) of a request info, remembered."""
+        labels = self._labels.get(info)
+        if labels is None:
+            if len(self._labels) >= 1024:
+                self._labels.clear()
+            bounded = self._bounded
+            labels = self._labels[info] = (
+                bounded("component", info.component),
+                bounded("verb", info.verb),
+                bounded("resource", info.resource),
+            )
+        return labels
+
+    def started(self, labels: tuple[str, str, str]) -> None:
+        """`request_started` with the labels of `request_labels`."""
+        self.in_flight.labels(labels[0]).value += 1
+
+    def finished(self, labels: tuple[str, str, str], code: str) -> None:
+        """`request_finished` with the labels of `request_labels`."""
+        self.in_flight.labels(labels[0]).value -= 1
+        self.requests.labels(*labels, code).value += 1
 
     def flow_rejected(self, component: str) -> None:
         """A request from ``component`` got 429."""

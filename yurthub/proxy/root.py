@@ -22,7 +22,7 @@ from twisted.web.server import NOT_DONE_YET, Request, Site
 
 from yurthub.metrics import ProxyMetrics
 from yurthub.proxy.channel import ChannelLimits, limited_channel_protocol
-from yurthub.proxy.flowcontrol import EXEMPT, InFlightLimiter
+from yurthub.proxy.flowcontrol import EXEMPT, InFlightLimiter, Slot
 from yurthub.proxy.headers import is_upgrade
 from yurthub.proxy.remote import RemoteProxy
 from yurthub.proxy.status import finish_with_status, when_ended, write_status
@@ -79,20 +79,32 @@ def path_refusal(info: RequestInfo) -> str:
 
 
 class _Accounting:
-    """Counts one request in flight until it ends, then by its final code."""
+    """Counts one request in flight until it ends, then by its final code, and gives its
+    flow-control slot back: however it ends (answered, client gone, upstream failed, a
+    splice closed), once."""
 
-    def __init__(self, metrics: ProxyMetrics, info: RequestInfo) -> None:
+    __slots__ = ("_held", "_labels", "_metrics", "_open", "_request")
+
+    def __init__(self, metrics: ProxyMetrics, info: RequestInfo, request: Request, held: Slot) -> None:
         self._metrics = metrics
-        self._info = info
+        self._labels = metrics.request_labels(info)
+        self._request = request
+        self._held = held
         self._open = True
-        metrics.request_started(info.component)
+        metrics.started(self._labels)
+
+    def finished(self) -> None:
+        self.done(self._request.code)
+
+    def lost(self, _: object) -> None:
+        self.done("aborted")
 
     def done(self, code: int | str) -> None:
         if not self._open:
             return
         self._open = False
-        info = self._info
-        self._metrics.request_finished(info.component, info.verb, info.resource, str(code))
+        self._held.release()
+        self._metrics.finished(self._labels, str(code))
 
 
 class ProxyRoot(Resource):
@@ -115,6 +127,8 @@ class ProxyRoot(Resource):
         self._metrics = metrics
         self.unavailable = unavailable
         self._infos: dict[tuple[bytes, bytes, bytes | None], RequestInfo] = {}
+        #: `path_refusal` of each remembered info.
+        self._refusals: dict[RequestInfo, str] = {}
         #: Request-side rules run before routing (tenant isolation), or None.
         self.guard: RequestGuard | None = None
 
@@ -126,6 +140,7 @@ class ProxyRoot(Resource):
             info = parse_request_info(*key)
             if len(self._infos) >= REQUEST_INFO_MEMO:
                 self._infos.clear()
+                self._refusals.clear()
             self._infos[key] = info
         return info
 
@@ -135,44 +150,37 @@ class ProxyRoot(Resource):
         except Exception:  # the parser promises not to raise; stay up if it ever does
             _log.failure("request info failed for {uri!r}", uri=request.uri)
             return write_status(request, 400, "the request could not be understood")
-        accounting = _Accounting(self._metrics, info)
         limiter = self._limiter
         slot = limiter.admit(info) if limiter is not None else EXEMPT
-        held = slot if slot is not None else EXEMPT
-
-        def ended(code: int | str) -> None:
-            # However the request ends (finished, client gone, upstream failed, a splice
-            # closed), once: both calls are no-ops the second time.
-            held.release()
-            accounting.done(code)
-
-        when_ended(request, lambda: ended(request.code), lambda _: ended("aborted"))
+        accounting = _Accounting(self._metrics, info, request, slot if slot is not None else EXEMPT)
+        when_ended(request, accounting.finished, accounting.lost)
         if slot is None:
             assert limiter is not None
             return limiter.reject(request)
-        refusal = path_refusal(info)
+        refusal = self._refusals.get(info)
+        if refusal is None:
+            refusal = self._refusals[info] = path_refusal(info)  # bounded with the infos
         if refusal:
             return write_status(request, 400, refusal)
-
-        def route() -> None:
-            try:
-                if is_upgrade(request.requestHeaders):
-                    self._upgrades.handle(request, info, self.unavailable, ended)
-                else:
-                    self._remote.handle(request, info, self.unavailable)
-            except Exception:
-                _log.failure("error handling {method} {uri!r}", method=request.method, uri=request.uri)
-                finish_with_status(request, 500, "internal error in yurthub; see its log")
-
         if self.guard is None:
-            route()
+            self._route(request, info, accounting)
             return NOT_DONE_YET
         try:
-            self.guard.admit(request, info, route, self.unavailable)
+            self.guard.admit(request, info, lambda: self._route(request, info, accounting), self.unavailable)
         except Exception:
             _log.failure("error checking {method} {uri!r}", method=request.method, uri=request.uri)
             finish_with_status(request, 500, "internal error in yurthub; see its log")
         return NOT_DONE_YET
+
+    def _route(self, request: Request, info: RequestInfo, accounting: _Accounting) -> None:
+        try:
+            if is_upgrade(request.requestHeaders):
+                self._upgrades.handle(request, info, self.unavailable, accounting.done)
+            else:
+                self._remote.handle(request, info, self.unavailable)
+        except Exception:
+            _log.failure("error handling {method} {uri!r}", method=request.method, uri=request.uri)
+            finish_with_status(request, 500, "internal error in yurthub; see its log")
 
 
 def render_leaf(request: Any) -> None:
