@@ -16,7 +16,7 @@ from twisted.internet.selectreactor import SelectReactor
 from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import SynchronousTestCase
 
-from yurthub.dispatch import can_send_now, dispatch_without_log_context, send_now
+from yurthub.dispatch import can_send_now, dispatch_without_log_context, send_now, send_pieces_now
 
 
 class _Echo(Protocol):
@@ -127,6 +127,25 @@ class SendNowTests(DispatchTests):
         send_now(transport, b"then closed")  # as Twisted's write: flushed before the close
         self._iterate_until(lambda: client.lost is not None)
         self.assertEqual(client.received, b"pending then closed")
+
+    def test_pieces_go_together_and_in_order(self) -> None:
+        client, transport = self._pair()
+        send_pieces_now(transport, [b"head ", b"", b"body"])
+        self.assertNotIn(transport, self.reactor.getWriters())
+        transport.write(b" pending")
+        send_pieces_now(transport, [b" more", b" end"])  # behind what is waiting
+        self._iterate_until(lambda: client.received == b"head body pending more end")
+
+    def test_pieces_the_socket_does_not_take_are_buffered_in_order(self) -> None:
+        client, transport = self._pair()
+        transport.socket.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 16384)
+        client.transport.socket.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16384)  # type: ignore[union-attr]
+        pieces = [bytes([i]) * 300_000 for i in range(1, 7)]  # 1.8 MB: cut somewhere inside
+        send_pieces_now(transport, pieces)
+        send_pieces_now(transport, [b"end"])
+        expected = b"".join(pieces) + b"end"
+        self._iterate_until(lambda: len(client.received) == len(expected), seconds=30)
+        self.assertEqual(client.received, expected)
 
     def test_only_tcp_transports_qualify(self) -> None:
         self.assertFalse(can_send_now(StringTransport()))

@@ -23,6 +23,7 @@ so ordering, back-pressure on a registered producer and error handling stay Twis
 from __future__ import annotations
 
 import errno
+from collections.abc import Sequence
 from types import MethodType
 from typing import Any
 
@@ -75,6 +76,32 @@ _SEND_NOW = _buffers_as_expected()
 def can_send_now(transport: Any) -> bool:
     """Whether `send_now` may send on ``transport`` itself (a plain TCP connection)."""
     return _SEND_NOW and isinstance(transport, Connection)
+
+
+def send_pieces_now(transport: Any, pieces: Sequence[bytes]) -> None:
+    """`send_now` for several pieces: handed to the socket together (``sendmsg``), not
+    joined first (an answer's head and its body: the body is not copied again)."""
+    if (
+        transport.connected
+        and not transport.disconnecting
+        and not transport._tempDataLen
+        and transport.offset == len(transport.dataBuffer)
+    ):
+        try:
+            sent = transport.socket.sendmsg(pieces)
+        except BlockingIOError:
+            sent = 0
+        except OSError:
+            transport.writeSequence(pieces)  # the transport's own write finds the failure
+            return
+        for piece in pieces:
+            if sent >= len(piece):
+                sent -= len(piece)
+                continue
+            transport.write(piece[sent:] if sent else piece)
+            sent = 0
+        return
+    transport.writeSequence(pieces)
 
 
 def send_now(transport: Any, data: bytes) -> None:

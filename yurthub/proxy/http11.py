@@ -50,7 +50,7 @@ from twisted.python.failure import Failure
 from twisted.web.http import NO_BODY_CODES, RESPONSES
 from twisted.web.http_headers import Headers
 
-from yurthub.dispatch import can_send_now, send_now
+from yurthub.dispatch import can_send_now, send_now, send_pieces_now
 from yurthub.proxy.channel import ChannelLimits, refusal
 from yurthub.proxy.headers import field, headers_from, set_field
 from yurthub.proxy.root import SEND_LIMIT, ProxySite, render_leaf
@@ -345,7 +345,7 @@ class LeanChannel(Protocol):
         if transport is None:
             return
         if self._send_now:
-            send_now(transport, b"".join(pieces))
+            send_pieces_now(transport, pieces)
         else:
             transport.writeSequence(pieces)
 

@@ -625,8 +625,11 @@ class _Exchange:
             response.deliverBody(_Discard())
             return
         self.pending = None
-        self._cancel_deadline()
-        self.proxy.metrics.observe_upstream(self.info.verb, self.proxy.reactor.seconds() - started)
+        if self._deadline is not None:
+            self._cancel_deadline()
+        proxy, info = self.proxy, self.info
+        watch = info.verb == "watch"
+        proxy.metrics.observe_upstream(info.verb, proxy.reactor.seconds() - started)
         request = self.request
         request.setResponseCode(response.code, response.phrase)
         # The client took the connection's fields (and those its Connection names) out of
@@ -639,25 +642,25 @@ class _Exchange:
             response.deliverBody(_Discard())
             finish_with_status(request, 502, "the cloud answered a filtered request in a format other than JSON")
             return
-        whole = stage is not None and not self.info.is_watch  # written once filtered
+        whole = stage is not None and not watch  # written once filtered
         if whole:
             headers.removeHeader(b"content-length")
         elif response.length is not UNKNOWN_LENGTH and request.method != b"HEAD":
             set_field(headers, b"content-length", b"%d" % response.length)
         request.responseHeaders = headers
         request.defaultContentType = None  # type: ignore[assignment]
-        if self.info.is_watch or (response.length is UNKNOWN_LENGTH and not whole):
+        if watch or (response.length is UNKNOWN_LENGTH and not whole):
             # Streams: send the status line and headers now, before the first event.
             request.write(b"")
         tee = self.tee
         if tee is not None and not tee.start(response.code, content_type):
             tee = None
         if stage is None:
-            self.relay = ResponseRelay(request, self.proxy.bytes_down.inc, tee, watch=self.info.is_watch)
-        elif self.info.is_watch:
-            self.relay = FilteredWatchRelay(request, self.proxy.bytes_down.inc, tee, stage, self.info)
+            self.relay = ResponseRelay(request, proxy.bytes_down.inc, tee, watch=watch)
+        elif watch:
+            self.relay = FilteredWatchRelay(request, proxy.bytes_down.inc, tee, stage, info)
         else:
-            self.relay = FilteredWholeRelay(request, self.proxy.bytes_down.inc, tee, stage, self.info)
+            self.relay = FilteredWholeRelay(request, proxy.bytes_down.inc, tee, stage, info)
         response.deliverBody(self.relay)
 
     def failed(self, failure: Failure, backend: Backend, seq: int) -> None:

@@ -135,6 +135,7 @@ class _Connection(Protocol):
         self.idle_since = 0.0
         self.lost = False
         self._parser: Any = None
+        self._llhttp: Any = None
         #: Who hears of the answer's head or of the failure before it: ``(answered,
         #: failed, context)`` of `UpstreamClient.start`.
         self._waiting: tuple[Any, Any, Any] | None = None
@@ -155,7 +156,12 @@ class _Connection(Protocol):
 
     # --- the request -------------------------------------------------------------
     def send(self, head: bytes, body: bytes | None, is_head: bool, waiting: tuple[Any, Any, Any]) -> None:
-        self._parser = httptools.HttpResponseParser(self)
+        # One parser per connection: llhttp starts on the next message by itself, and a
+        # connection only carries another request after its answer ended well.
+        parser = self._llhttp
+        if parser is None:
+            parser = self._llhttp = httptools.HttpResponseParser(self)
+        self._parser = parser
         self._waiting = waiting
         self._is_head = is_head
         self._headers = []
