@@ -7,6 +7,7 @@ quirks yurthub must share with it and the yurthub-specific helpers.
 
 from __future__ import annotations
 
+import dataclasses
 from urllib.parse import quote
 
 from hypothesis import given, settings
@@ -599,3 +600,19 @@ class ParseRequestInfoPropertyTests(SynchronousTestCase):
             s for s in (fields["resource"], fields["name"], fields["subresource"]) if s
         )
         self.assertEqual(info.parts, expected_parts)
+
+
+class HashTests(SynchronousTestCase):
+    """Infos are memo keys: equal infos hash alike, the hash is the fields', once."""
+
+    def test_equal_infos_hash_alike_and_others_not(self) -> None:
+        a = parse_request_info(b"GET", b"/api/v1/namespaces/default/pods?watch=1", b"kubelet/v1.31.0")
+        b = parse_request_info(b"GET", b"/api/v1/namespaces/default/pods?watch=1", b"kubelet/v1.31.0")
+        self.assertIsNot(a, b)
+        self.assertEqual(a, b)
+        self.assertEqual(hash(a), hash(b))
+        self.assertEqual({a: 1}[b], 1)
+        other = dataclasses.replace(a, verb="list")
+        self.assertNotEqual(other, a)
+        self.assertNotEqual(hash(other), hash(a))
+        self.assertNotIn("_hash", repr(a))

@@ -16,7 +16,7 @@ pair is dropped as Go's ``url.ParseQuery`` drops it.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields
 from urllib.parse import unquote, unquote_to_bytes
 
 __all__ = ["RequestInfo", "component_from_user_agent", "parse_request_info"]
@@ -84,6 +84,15 @@ class RequestInfo:
     field_selector: str = ""
     label_selector: str = ""
     query: str = ""
+    #: The hash, computed once: an info is a key of several per-request memos (each
+    #: look-up would otherwise hash its fifteen fields again).
+    _hash: int = field(init=False, repr=False, compare=False, default=0)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_hash", hash(tuple(getattr(self, f.name) for f in _COMPARED)))
+
+    def __hash__(self) -> int:
+        return self._hash
 
     @property
     def is_watch(self) -> bool:
@@ -487,3 +496,8 @@ def _unescape_selector_value(text: str) -> str | None:
 def _is_valid_path_segment_name(name: str) -> bool:
     """apimachinery's ``IsValidPathSegmentName``: not ``.``/``..``, no ``/`` or ``%``."""
     return name != "." and name != ".." and "/" not in name and "%" not in name
+
+
+#: The fields an info is compared and hashed by.
+_COMPARED = tuple(f for f in fields(RequestInfo) if f.compare)
+
