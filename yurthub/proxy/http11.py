@@ -98,7 +98,6 @@ class LeanRequest:
         self.channel: LeanChannel | None = channel
         self.method = method
         self.uri = uri
-        self.path = uri.split(b"?", 1)[0]
         self.clientproto = version
         self.requestHeaders = headers
         self.responseHeaders = Headers()
@@ -110,6 +109,11 @@ class LeanRequest:
         self.end_hooks: list[tuple[Callable[[], object], Callable[[Failure], object]]] = []
 
     # --- the request ----------------------------------------------------------------
+
+    @property
+    def path(self) -> bytes:
+        """The target without its query."""
+        return self.uri.split(b"?", 1)[0]
 
     @property
     def args(self) -> dict[bytes, list[bytes]]:
@@ -279,6 +283,7 @@ class LeanChannel(Protocol):
         #: What `ProxySite` knows its connections' channels by (this is its own channel).
         self._channel = self
         self._limits: ChannelLimits = site.limits or ChannelLimits()
+        self._seconds = site.reactor.seconds
         self.timeOut: float | None = site.timeOut
         self._parser = httptools.HttpRequestParser(self)
         self._queue: deque[LeanRequest] = deque()
@@ -366,7 +371,7 @@ class LeanChannel(Protocol):
     def dataReceived(self, data: bytes) -> None:  # noqa: N802
         if self._refused or self._closing or self.transport is None:
             return
-        self._last_active = self.site.reactor.seconds()
+        self._last_active = self._seconds()
         if self._upgrading:
             self._dataBuffer.append(data)
             return
@@ -540,7 +545,7 @@ class LeanChannel(Protocol):
         self._current = None
         if self.transport is None:
             return
-        self._last_active = self.site.reactor.seconds()
+        self._last_active = self._seconds()
         if not request.persistent:
             self._closing = True
             self._queue.clear()
@@ -561,7 +566,7 @@ class LeanChannel(Protocol):
             self._cancel_idle_timer()
             self._cancel_head_timer()
             return
-        self._last_active = self.site.reactor.seconds()
+        self._last_active = self._seconds()
         if self._idle_call is None and not self._lost:
             self._idle_call = self.site.reactor.callLater(period, self._idle_check)
 

@@ -542,6 +542,10 @@ def request_deadline(info: RequestInfo) -> float | None:
     return None
 
 
+#: `request_deadline` of each request info seen lately (bounded).
+_DEADLINES: dict[RequestInfo, float | None] = {}
+
+
 class _Exchange:
     """One client request's trip through the remote proxy, across backend attempts."""
 
@@ -588,7 +592,13 @@ class _Exchange:
             finish_with_status(self.request, 406, self.refusal, "NotAcceptable")
             return
         when_ended(self.request, self._ended, self._client_went_away)
-        seconds = request_deadline(self.info)
+        info = self.info
+        if info in _DEADLINES:
+            seconds = _DEADLINES[info]
+        else:
+            if len(_DEADLINES) >= 1024:
+                _DEADLINES.clear()
+            seconds = _DEADLINES[info] = request_deadline(info)
         if seconds is not None:
             # Answer a little before the client's own deadline, so the answer is still wanted.
             wait = seconds - min(1.0, seconds * 0.1)

@@ -65,6 +65,9 @@ _CONNECTION_FIELDS = frozenset(
     }
 )
 
+#: Field names as answers spell them, lower-cased (bounded: backends choose names).
+_LOWERED: dict[bytes, bytes] = {}
+
 #: A request method is an RFC 9110 token.
 _METHOD = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")
 #: What may not appear in a request target (control characters and white space).
@@ -217,8 +220,13 @@ class _Connection(Protocol):
         chunked = False
         listed: set[bytes] = set()  # fields the answer's Connection names are hop-by-hop too
         kept = []
+        lowered = _LOWERED
         for field in self._headers:
-            lower = field[0].lower()
+            lower = lowered.get(field[0])
+            if lower is None:
+                lower = field[0].lower()
+                if len(lowered) < 1000:
+                    lowered[field[0]] = lower
             if lower in _CONNECTION_FIELDS:
                 value = field[1]
                 if lower == b"content-length":
