@@ -73,7 +73,35 @@ _BAD_TARGET = re.compile(rb"[\x00-\x20\xb1-\xff]")
 _NOT_ONE_PIECE = frozenset({b"content-length", b"transfer-encoding", b"expect"})
 
 
-class LimitedHTTPChannel(HTTPChannel):
+class ChannelTimers:
+    """The request-head deadline and the idle timer's clean-up, shared by both HTTP/1.1
+    channels (`LimitedHTTPChannel`, `yurthub.proxy.http11.LeanChannel`); the class
+    answers a refusal with ``_refuse(code, reason)``."""
+
+    _head_timer: Any = None
+    _idle_call: Any = None
+
+    def _refuse(self, code: int, reason: str | None) -> None:
+        raise NotImplementedError
+
+    def _head_too_slow(self) -> None:
+        self._head_timer = None
+        self._refuse(408, "slow")
+
+    def _cancel_head_timer(self) -> None:
+        if self._head_timer is not None:
+            if self._head_timer.active():
+                self._head_timer.cancel()
+            self._head_timer = None
+
+    def _cancel_idle_timer(self) -> None:
+        if self._idle_call is not None:
+            if self._idle_call.active():
+                self._idle_call.cancel()
+            self._idle_call = None
+
+
+class LimitedHTTPChannel(ChannelTimers, HTTPChannel):
     """`HTTPChannel` with told-about limits and a deadline for each request head.
 
     A request that arrives whole in one read, with no body (nearly every request a node's
@@ -84,11 +112,9 @@ class LimitedHTTPChannel(HTTPChannel):
     """
 
     _refused = False
-    _head_timer: Any = None
     _body_bytes = 0
     _host: Any = None
     _secure: bool | None = None
-    _idle_call: Any = None
     _last_active = 0.0
     _lost = False
 
@@ -131,12 +157,6 @@ class LimitedHTTPChannel(HTTPChannel):
             self._idle_call = self.callLater(left, self._idle_check)
             return
         self.timeoutConnection()
-
-    def _cancel_idle_timer(self) -> None:
-        if self._idle_call is not None:
-            if self._idle_call.active():
-                self._idle_call.cancel()
-            self._idle_call = None
 
     def connectionMade(self) -> None:  # noqa: N802
         limits: ChannelLimits = self.site.limits  # type: ignore[attr-defined]
@@ -282,16 +302,6 @@ class LimitedHTTPChannel(HTTPChannel):
 
     def _respondToBadRequestAndDisconnect(self) -> None:  # noqa: N802 - Twisted's name
         self._refuse(400, None)
-
-    def _head_too_slow(self) -> None:
-        self._head_timer = None
-        self._refuse(408, "slow")
-
-    def _cancel_head_timer(self) -> None:
-        if self._head_timer is not None:
-            if self._head_timer.active():
-                self._head_timer.cancel()
-            self._head_timer = None
 
     def _refuse(self, code: int, reason: str | None) -> None:
         """Answer ``code`` with a Status, close the connection, count it under ``reason``."""

@@ -51,7 +51,7 @@ from twisted.web.http import NO_BODY_CODES, RESPONSES
 from twisted.web.http_headers import Headers
 
 from yurthub.dispatch import can_send_now, send_now, send_pieces_now
-from yurthub.proxy.channel import ChannelLimits, refusal
+from yurthub.proxy.channel import ChannelLimits, ChannelTimers, refusal
 from yurthub.proxy.headers import field, headers_from, set_field
 from yurthub.proxy.root import SEND_LIMIT, ProxySite, render_leaf
 from yurthub.proxy.status import finish_with_status
@@ -273,7 +273,7 @@ class LeanRequest:
             waiting.errback(reason)
 
 
-class LeanChannel(Protocol):
+class LeanChannel(ChannelTimers, Protocol):
     """One client connection of the plain proxy listener (see the module's docstring)."""
 
     transport: Any
@@ -590,22 +590,6 @@ class LeanChannel(Protocol):
         self._abort_call = None
         if self.transport is not None and not self._lost:
             self.transport.abortConnection()
-
-    def _cancel_idle_timer(self) -> None:
-        if self._idle_call is not None:
-            if self._idle_call.active():
-                self._idle_call.cancel()
-            self._idle_call = None
-
-    def _head_too_slow(self) -> None:
-        self._head_timer = None
-        self._refuse(408, "slow")
-
-    def _cancel_head_timer(self) -> None:
-        if self._head_timer is not None:
-            if self._head_timer.active():
-                self._head_timer.cancel()
-            self._head_timer = None
 
     def _refuse(self, code: int, reason: str | None) -> None:
         """Answer ``code`` with a Status, close the connection, count it under ``reason``."""
