@@ -28,6 +28,8 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 
 from tests.support import RawClient, raw_connect
+from yurthub.dispatch import WriteBatch
+from yurthub.proxy import http11
 from yurthub.proxy.channel import ChannelLimits
 from yurthub.proxy.http11 import ABORT_AFTER, LeanChannel, LeanFactory
 from yurthub.proxy.root import ProxySite, make_site
@@ -1256,3 +1258,66 @@ class RefusalOrderTests(SynchronousTestCase):
         )
         self.assertNotIn(b"100 Continue", transport.value())
         self.assertIn(b" 413 ", transport.value())
+
+
+class WriteBatchTests(LeanServerTestCase):
+    """Writes made while one read is handled leave in one system call, in order."""
+
+    def _count_sends(self) -> list[int]:
+        sends: list[int] = []
+        real = http11.send_pieces_now
+
+        def counting(transport: Any, pieces: Any) -> None:
+            sends.append(len(pieces))
+            real(transport, pieces)
+
+        self.patch(http11, "send_pieces_now", counting)
+        self.patch(http11, "send_now", lambda transport, data: counting(transport, [data]))
+        return sends
+
+    def _written(self, *pieces: bytes) -> Any:
+        def answer(request: Any) -> int:
+            for piece in pieces:
+                request.write(piece)
+            request.finish()
+            return NOT_DONE_YET
+
+        return answer
+
+    async def test_an_answer_written_in_pieces_during_one_read_is_one_send(self) -> None:
+        sends = self._count_sends()
+        served = await self.serve(_Resource(self._written(b"one ", b"two ", b"three")))
+        client, (answer,) = await self.exchange(served, get(b"/events"), b"GET")
+        self.assertEqual(answer.body, b"one two three")
+        self.assertEqual(len(sends), 1, sends)
+
+    async def test_a_big_answer_is_sent_as_it_is_written(self) -> None:
+        sends = self._count_sends()
+        big = b"x" * http11.HOLD_AT_MOST
+        served = await self.serve(_Resource(self._written(big, big, b"end")))
+        client, (answer,) = await self.exchange(served, get(b"/big"), b"GET")
+        self.assertEqual(answer.body, big + big + b"end")
+        self.assertGreaterEqual(len(sends), 2, "held past HOLD_AT_MOST")
+
+
+class BatchTests(SynchronousTestCase):
+    def test_held_writes_go_when_the_outer_batch_closes(self) -> None:
+        flushed: list[str] = []
+
+        class Channel:
+            def __init__(self, name: str) -> None:
+                self.name = name
+
+            def flush(self) -> None:
+                flushed.append(self.name)
+
+        batch = WriteBatch()
+        batch.open()
+        batch.hold(Channel("a"))
+        batch.open()
+        batch.hold(Channel("b"))
+        batch.close()
+        self.assertEqual(flushed, [])
+        batch.close()
+        self.assertEqual(flushed, ["a", "b"])
+        self.assertEqual(batch.depth, 0)

@@ -18,6 +18,9 @@ stop: two more system calls and a whole reactor turn per answer (and per request
 upstream). `send_now` sends at once when nothing is waiting in the transport's buffer,
 and leaves what the socket did not take (or any failure) to the transport's own write,
 so ordering, back-pressure on a registered producer and error handling stay Twisted's.
+Writes made while a `WRITES` batch is open (while one read from a socket is handled) are
+held by their channel and sent together when it closes: the many watch events one
+upstream read carries go out in one ``sendmsg``, not one system call each.
 """
 
 from __future__ import annotations
@@ -121,4 +124,31 @@ def send_now(transport: Any, data: bytes) -> None:
             return
         # A failure (the connection is gone): the transport's own write finds it.
     transport.write(data)
+
+
+class WriteBatch:
+    """Holds the writes of channels that ask (``hold``) while it is open; sends each
+    channel's together (its ``flush``) when the outermost ``open`` is closed."""
+
+    def __init__(self) -> None:
+        self.depth = 0
+        self._holding: list[Any] = []
+
+    def open(self) -> None:
+        self.depth += 1
+
+    def close(self) -> None:
+        self.depth -= 1
+        if self.depth == 0 and self._holding:
+            holding, self._holding = self._holding, []
+            for channel in holding:
+                channel.flush()
+
+    def hold(self, channel: Any) -> None:
+        """``channel`` holds writes from now until the batch closes."""
+        self._holding.append(channel)
+
+
+#: The reactor thread's batch (opened around the handling of one read).
+WRITES = WriteBatch()
 

@@ -50,13 +50,17 @@ from twisted.python.failure import Failure
 from twisted.web.http import NO_BODY_CODES, RESPONSES
 from twisted.web.http_headers import Headers
 
-from yurthub.dispatch import can_send_now, send_now, send_pieces_now
+from yurthub.dispatch import WRITES, can_send_now, send_now, send_pieces_now
 from yurthub.proxy.channel import ChannelLimits, ChannelTimers, refusal
 from yurthub.proxy.headers import field, headers_from, set_field
 from yurthub.proxy.root import SEND_LIMIT, ProxySite, render_leaf
 from yurthub.proxy.status import finish_with_status
 
 _log = Logger()
+
+#: Bytes a channel holds during a write batch before it sends them anyway: a big answer
+#: meets the transport's buffer (and its producer's back-pressure) as it is written.
+HOLD_AT_MOST = 64 * 1024
 
 #: How long a connection being closed for idleness may take to flush before it is cut.
 ABORT_AFTER = 15.0
@@ -298,6 +302,9 @@ class LeanChannel(ChannelTimers, Protocol):
         self._lost = False
         self._host: Any = None
         self._send_now = False
+        #: Writes held while a `yurthub.dispatch.WRITES` batch is open.
+        self._held: list[bytes] = []
+        self._held_bytes = 0
         self._head_timer: Any = None
         self._idle_call: Any = None
         self._abort_call: Any = None
@@ -340,19 +347,46 @@ class LeanChannel(ChannelTimers, Protocol):
         transport = self.transport
         if transport is None:
             return
-        if self._send_now:
-            send_now(transport, data)
-        else:
+        if not self._send_now:
             transport.write(data)
+        elif WRITES.depth:
+            if not self._held:
+                WRITES.hold(self)
+            self._held.append(data)
+            self._held_bytes += len(data)
+            if self._held_bytes >= HOLD_AT_MOST:
+                self.flush()
+        elif self._held:
+            self._held.append(data)
+            self.flush()
+        else:
+            send_now(transport, data)
 
     def writeSequence(self, pieces: Any) -> None:  # noqa: N802
         transport = self.transport
         if transport is None:
             return
-        if self._send_now:
-            send_pieces_now(transport, pieces)
-        else:
+        if not self._send_now:
             transport.writeSequence(pieces)
+        elif WRITES.depth:
+            if not self._held:
+                WRITES.hold(self)
+            self._held.extend(pieces)
+            self._held_bytes += sum(len(piece) for piece in pieces)
+            if self._held_bytes >= HOLD_AT_MOST:
+                self.flush()
+        elif self._held:
+            self._held.extend(pieces)
+            self.flush()
+        else:
+            send_pieces_now(transport, pieces)
+
+    def flush(self) -> None:
+        """Send the writes held during a `WRITES` batch, in one ``sendmsg``."""
+        held, self._held = self._held, []
+        self._held_bytes = 0
+        if held and self.transport is not None:
+            send_pieces_now(self.transport, held)
 
     def registerProducer(self, producer: Any, streaming: bool) -> None:  # noqa: N802
         if self.transport is None:
@@ -375,6 +409,13 @@ class LeanChannel(ChannelTimers, Protocol):
         if self._upgrading:
             self._dataBuffer.append(data)
             return
+        WRITES.open()  # answers given while this read is handled go out together
+        try:
+            self._handle(data)
+        finally:
+            WRITES.close()
+
+    def _handle(self, data: bytes) -> None:
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade as upgrade:
@@ -549,6 +590,7 @@ class LeanChannel(ChannelTimers, Protocol):
         if not request.persistent:
             self._closing = True
             self._queue.clear()
+            self.flush()
             self.transport.loseConnection()
             return
         self._process()
@@ -611,6 +653,7 @@ class LeanChannel(ChannelTimers, Protocol):
     def _send_refusal(self, code: int) -> None:
         self._refusal_due = 0
         self._closing = True
+        self.flush()
         self.transport.write(refusal(code))
         self.transport.loseConnection()
 

@@ -42,7 +42,7 @@ from twisted.web.http_headers import Headers
 from twisted.web.iweb import UNKNOWN_LENGTH
 from zope.interface import implementer
 
-from yurthub.dispatch import can_send_now, send_now
+from yurthub.dispatch import WRITES, can_send_now, send_now
 from yurthub.proxy.headers import headers_from
 from yurthub.upstream.backends import Backend
 from yurthub.upstream.endpoints import BackendEndpointFactory
@@ -339,11 +339,14 @@ class _Connection(Protocol):
             # Bytes while idle in the pool: the backend is not speaking HTTP to us.
             self.drop()
             return
+        WRITES.open()  # what this read's answer writes to clients goes out together
         try:
             parser.feed_data(data)
         except Exception as e:
             self._broken(Failure(e))
             return
+        finally:
+            WRITES.close()
         if self._complete:
             self._complete = False
             if not self._dropped and not self.lost:
