@@ -1272,7 +1272,6 @@ class WriteBatchTests(LeanServerTestCase):
             real(transport, pieces)
 
         self.patch(http11, "send_pieces_now", counting)
-        self.patch(http11, "send_now", lambda transport, data: counting(transport, [data]))
         return sends
 
     def _written(self, *pieces: bytes) -> Any:

@@ -9,6 +9,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from twisted.trial.unittest import SynchronousTestCase
 
 from yurthub.metrics import PlainMetric, ProxyMetrics
+from yurthub.requestinfo import parse_request_info
 
 _BUCKETS = (0.001, 0.01, 0.1, 1, 10)
 _labels = st.sampled_from(["kubelet", "kube-proxy", "coredns"])
@@ -67,9 +68,10 @@ class PlainMetricTests(SynchronousTestCase):
 class ProxyMetricsTests(SynchronousTestCase):
     def test_a_request_is_in_flight_then_counted(self) -> None:
         metrics = ProxyMetrics()
-        metrics.request_started("kubelet")
+        labels = metrics.request_labels(parse_request_info(b"GET", b"/api/v1/pods", b"kubelet/v1.31.0"))
+        metrics.started(labels)
         self.assertEqual(metrics.in_flight.labels("kubelet").value, 1)
-        metrics.request_finished("kubelet", "list", "pods", "200")
+        metrics.finished(labels, "200")
         text = metrics.render().decode()
         self.assertIn('yurthub_proxy_in_flight_requests{component="kubelet"} 0.0', text)
         self.assertIn('yurthub_proxy_requests_total{code="200",component="kubelet",resource="pods",verb="list"} 1.0', text)
@@ -77,8 +79,9 @@ class ProxyMetricsTests(SynchronousTestCase):
     def test_client_chosen_labels_stay_bounded(self) -> None:
         metrics = ProxyMetrics()
         for i in range(150):
-            metrics.request_started(f"agent-{i}")
-            metrics.request_finished(f"agent-{i}", "get", f"res{i}", "200")
+            labels = metrics.request_labels(parse_request_info(b"GET", b"/api/v1/res%d/x" % i, b"agent-%d/1" % i))
+            metrics.started(labels)
+            metrics.finished(labels, "200")
         text = metrics.render().decode()
         self.assertIn('component="other"', text)
         self.assertLessEqual(text.count("yurthub_proxy_in_flight_requests{"), 101)

@@ -231,17 +231,6 @@ class ProxyMetrics:
             child = self._children[key] = metric.labels(*values)
         return child
 
-    def request_started(self, component: str) -> None:
-        """A proxied request from ``component`` is now in flight."""
-        self.in_flight.labels(self._bounded("component", component)).value += 1
-
-    def request_finished(self, component: str, verb: str, resource: str, code: str) -> None:
-        """It ended with ``code`` (an HTTP code or ``aborted``)."""
-        bounded = self._bounded
-        component = bounded("component", component)
-        self.in_flight.labels(component).value -= 1
-        self.requests.labels(component, bounded("verb", verb), bounded("resource", resource), code).value += 1
-
     def request_labels(self, info: Any) -> tuple[str, str, str]:
         """The bounded (component, verb, resource) of a request info, remembered."""
         labels = self._labels.get(info)
@@ -257,11 +246,11 @@ class ProxyMetrics:
         return labels
 
     def started(self, labels: tuple[str, str, str]) -> None:
-        """`request_started` with the labels of `request_labels`."""
+        """A proxied request with these `request_labels` is now in flight."""
         self.in_flight.labels(labels[0]).value += 1
 
     def finished(self, labels: tuple[str, str, str], code: str) -> None:
-        """`request_finished` with the labels of `request_labels`."""
+        """It ended with ``code`` (an HTTP code or ``aborted``)."""
         self.in_flight.labels(labels[0]).value -= 1
         self.requests.labels(*labels, code).value += 1
 

@@ -50,7 +50,7 @@ from twisted.python.failure import Failure
 from twisted.web.http import NO_BODY_CODES, RESPONSES
 from twisted.web.http_headers import Headers
 
-from yurthub.dispatch import WRITES, can_send_now, send_now, send_pieces_now
+from yurthub.dispatch import WRITES, can_send_now, send_pieces_now
 from yurthub.proxy.channel import ChannelLimits, ChannelTimers, refusal
 from yurthub.proxy.headers import field, headers_from, set_field
 from yurthub.proxy.root import SEND_LIMIT, ProxySite, render_leaf
@@ -344,25 +344,14 @@ class LeanChannel(ChannelTimers, Protocol):
         return False
 
     def write(self, data: bytes) -> None:
-        transport = self.transport
-        if transport is None:
-            return
-        if not self._send_now:
-            transport.write(data)
-        elif WRITES.depth:
-            if not self._held:
-                WRITES.hold(self)
-            self._held.append(data)
-            self._held_bytes += len(data)
-            if self._held_bytes >= HOLD_AT_MOST:
-                self.flush()
-        elif self._held:
-            self._held.append(data)
-            self.flush()
-        else:
-            send_now(transport, data)
+        self._send((data,), len(data))
 
     def writeSequence(self, pieces: Any) -> None:  # noqa: N802
+        self._send(pieces, sum(map(len, pieces)))
+
+    def _send(self, pieces: Any, size: int) -> None:
+        """Send ``pieces`` (``size`` bytes) at once, or hold them while a `WRITES` batch
+        is open (up to `HOLD_AT_MOST`)."""
         transport = self.transport
         if transport is None:
             return
@@ -372,7 +361,7 @@ class LeanChannel(ChannelTimers, Protocol):
             if not self._held:
                 WRITES.hold(self)
             self._held.extend(pieces)
-            self._held_bytes += sum(len(piece) for piece in pieces)
+            self._held_bytes += size
             if self._held_bytes >= HOLD_AT_MOST:
                 self.flush()
         elif self._held:
