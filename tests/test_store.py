@@ -28,6 +28,7 @@ from twisted.logger import ILogObserver, globalLogPublisher
 from twisted.trial.unittest import SkipTest, TestCase
 from zope.interface.verify import verifyObject
 
+import yurthub.cache.store as store_module
 from yurthub.cache.keys import GVR, CacheKey, InvalidKey
 from yurthub.cache.store import (
     DOCUMENTS_DIR,
@@ -1283,6 +1284,58 @@ class ObjectIndexTests(TestCase):
         with self.assertRaises(ValueError):
             index.replace("kube-proxy", PODS, None, items, "1")
         self.assertEqual(len(index), 0)
+
+
+    def test_fill_is_set_of_each_slot(self):
+        by_set, by_fill = ObjectIndex(), ObjectIndex()
+        for index in (by_set, by_fill):
+            index.set(pod_key("a"), "1", pod("a", "1"))
+        slots = {"a": pod("a", "2"), "b": ("7", pod("b", "5"))}
+        by_set.set(pod_key("a"), "2", pod("a", "2"))
+        by_set.set(pod_key("b"), "7", pod("b", "5"))
+        generation = by_fill.generation
+        by_fill.fill("kubelet", PODS, "default", slots)
+        by_fill.fill("kubelet", PODS, "other", {"c": pod("c", "3", "other")})
+        by_set.set(pod_key("c", "other"), "3", pod("c", "3", "other"))
+        by_fill.fill("kubelet", PODS, "empty", {})
+        self.assertGreater(by_fill.generation, generation)
+        self.assertEqual(len(by_fill), len(by_set), 3)
+        self.assertEqual(
+            [(k, by_fill.entry(k)) for k, _ in by_fill.list("kubelet", PODS)],
+            [(k, by_set.entry(k)) for k, _ in by_set.list("kubelet", PODS)],
+        )
+        self.assertEqual(by_fill.entry(pod_key("b")), ("7", pod("b", "5")))
+
+
+class DiskReadTests(TestCase):
+    """`_Disk.read`, with and without the length a checksum record expects."""
+
+    def file(self, data: bytes) -> str:
+        path = self.mktemp()
+        with open(path, "wb") as f:
+            f.write(data)
+        return path
+
+    def test_any_expected_length_reads_the_whole_file(self):
+        data = os.urandom(70_000)
+        path = self.file(data)
+        for expected in (None, 0, 1, 69_999, 70_000, 70_001, 200_000, -5):
+            self.assertEqual(_Disk().read(path, expected), data, expected)
+
+    def test_too_big_is_refused_whatever_is_expected(self):
+        path = self.file(b"x" * 2048)
+        self.patch(store_module, "MAX_FILE_SIZE", 1024)
+        for expected in (None, 10, 1024, 2048):
+            with self.assertRaises(OSError) as raised:
+                _Disk().read(path, expected)
+            self.assertEqual(raised.exception.errno, errno.EFBIG, expected)
+
+    def test_symlinks_are_not_followed(self):
+        target = self.file(b"{}")
+        link = self.mktemp()
+        os.symlink(target, link)
+        with self.assertRaises(OSError):
+            _Disk().read(link, 2)
 
 
 class KeyPathTests(TestCase):

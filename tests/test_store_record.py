@@ -192,6 +192,7 @@ class ChecksumRecordTests(FilesystemStoreCase):
             store._index.entry(pod_key("p4", "ns1")), ("5", objects[pod_key("p4", "ns1")])
         )
         self.assertEqual(store.health.corrupt_files, 0)
+        self.assertEqual(len(store._index), len(objects))
         # The versions keep the rules going across the restart.
         self.assertFalse(store.put(pod_key("p4", "ns1"), "4", pod("p4", "4", "ns1")))
         self.assertTrue(store.put(pod_key("p4", "ns1"), "6", pod("p4", "6", "ns1")))
@@ -293,6 +294,23 @@ class ChecksumRecordTests(FilesystemStoreCase):
         self.full_checks.clear()
         await self.loaded_store(directory)
         self.assertEqual(self.full_checks, [])
+
+    async def test_a_file_longer_than_recorded_is_read_whole_and_checked(self) -> None:
+        directory, objects = await self.filled()
+        base = os.path.join(directory, "kubelet/pods.v1.core")
+        # The record gives the old length: the load reads that much first (no fstat),
+        # then the rest of the file, and decodes it.
+        longer = json.dumps(
+            {"metadata": {"name": "p0", "namespace": "ns0", "resourceVersion": "30"}, "spec": {"x": "y" * 5000}}
+        ).encode()
+        self.assertGreater(len(longer), len(objects[pod_key("p0", "ns0")]))
+        write_file(os.path.join(base, "ns0/p0"), longer)
+        self.count_full_checks()
+        store = await self.loaded_store(directory)
+        self.assertEqual(self.full_checks, [longer])
+        self.assertEqual(store._index.entry(pod_key("p0", "ns0")), ("30", longer))
+        self.assertEqual(store.health.corrupt_files, 0)
+        self.assertEqual(len(store._index), len(objects))
 
     async def test_a_missing_record_means_full_checks(self) -> None:
         directory, objects = await self.filled()

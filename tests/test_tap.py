@@ -10,11 +10,13 @@ import sys
 from typing import Any
 
 from twisted.application.service import IService
+from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
 from yurthub import tap
 from yurthub.service import YurtHub
 from yurthub.tap import (
+    FREEZE_AFTER,
     M_MMAP_THRESHOLD,
     MMAP_THRESHOLD,
     ConfigReloader,
@@ -135,9 +137,35 @@ class ProcessTuningTests(SynchronousTestCase):
         self.patch(tap.ctypes, "CDLL", lambda name: libc)
         ProcessTuning().startService()
         self.assertEqual(
-            [name for name, _ in collector.calls], ["collect", "freeze", "set_threshold"]
+            [name for name, _ in collector.calls], ["set_threshold", "collect", "freeze"]
         )
         self.assertEqual(libc.calls, [(M_MMAP_THRESHOLD, MMAP_THRESHOLD)])
+
+    def test_with_a_reactor_the_freeze_waits_until_start_up_is_over(self) -> None:
+        collector, libc = _FakeGC(), _FakeLibc()
+        self.patch(tap, "gc", collector)
+        self.patch(tap.ctypes, "CDLL", lambda name: libc)
+        self.patch(tap, "dispatch_without_log_context", lambda reactor: None)
+        clock = Clock()
+        tuning = ProcessTuning(clock)
+        tuning.startService()
+        self.assertEqual([name for name, _ in collector.calls], ["set_threshold"])
+        clock.advance(FREEZE_AFTER)
+        self.assertEqual(
+            [name for name, _ in collector.calls], ["set_threshold", "collect", "freeze"]
+        )
+
+    def test_stopped_before_the_freeze_cancels_it(self) -> None:
+        collector = _FakeGC()
+        self.patch(tap, "gc", collector)
+        self.patch(tap, "dispatch_without_log_context", lambda reactor: None)
+        clock = Clock()
+        tuning = ProcessTuning(clock)
+        tuning.startService()
+        tuning.stopService()
+        self.assertEqual(clock.getDelayedCalls(), [])
+        clock.advance(FREEZE_AFTER)
+        self.assertNotIn("freeze", [name for name, _ in collector.calls])
 
 
 class TwistdTests(SynchronousTestCase):

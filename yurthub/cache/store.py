@@ -62,6 +62,7 @@ from __future__ import annotations
 import builtins
 import errno
 import json
+import operator
 import os
 import re
 import secrets
@@ -404,6 +405,25 @@ class ObjectIndex:
             self._count += 1
         names[key.name] = slot
         self._unpacked[((key.component, key.gvr), key.namespace)] = None
+        self.generation += 1
+
+    def fill(self, component: str, gvr: GVR, namespace: str, slots: dict[str, _Slot]) -> None:
+        """Take the slots a load read from one directory (names already checked), as
+        `_set_slot` of each would: a bucket is filled at once rather than key by key."""
+        if not slots:
+            return
+        group = (component, gvr)
+        by_namespace = self._resources.get(group)
+        if by_namespace is None:
+            by_namespace = self._resources[group] = {}
+        names = by_namespace.get(namespace)
+        if names is None:
+            by_namespace[namespace] = slots
+            self._count += len(slots)
+        else:
+            self._count += sum(1 for name in slots if name not in names)
+            names.update(slots)
+        self._unpacked[(group, namespace)] = None
         self.generation += 1
 
     def forget_versions(self) -> None:
@@ -759,21 +779,28 @@ class _Disk:
         finally:
             os.close(fd)
 
-    def read(self, path: str) -> bytes:
-        """A regular file's bytes, never through a symlink."""
+    def read(self, path: str, expected: int | None = None) -> bytes:
+        """A regular file's bytes, never through a symlink. ``expected`` is the length the
+        caller believes it has (a checksum record's): then it is not asked (no ``fstat``),
+        and a file of another length is read to its end all the same."""
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
         try:
-            size = os.fstat(fd).st_size
-            if size > MAX_FILE_SIZE:
-                raise OSError(errno.EFBIG, "larger than the largest cached object", path)
-            # Nearly always one read, of the size fstat gave, does it (saves a read per
-            # file at load); a file that changed size meanwhile is read to its end.
-            first = os.read(fd, size + 1)
-            if len(first) == size:
+            if expected is None or not 0 <= expected <= MAX_FILE_SIZE:
+                expected = os.fstat(fd).st_size
+                if expected > MAX_FILE_SIZE:
+                    raise OSError(errno.EFBIG, "larger than the largest cached object", path)
+            # Nearly always one read, of the size expected, does it (saves a read per
+            # file at load); a file of another size is read to its end, up to the limit.
+            first = os.read(fd, expected + 1)
+            if len(first) == expected:
                 return first
             chunks = [first]
-            while chunk := os.read(fd, max(size + 1, 65536)):
+            total = len(first)
+            while total <= MAX_FILE_SIZE and (chunk := os.read(fd, max(expected + 1, 65536))):
                 chunks.append(chunk)
+                total += len(chunk)
+            if total > MAX_FILE_SIZE:
+                raise OSError(errno.EFBIG, "larger than the largest cached object", path)
             return b"".join(chunks)
         finally:
             os.close(fd)
@@ -872,6 +899,13 @@ def _written_signature(data: bytes, kept: str | None) -> _Signature | None:
     if isinstance(found, _Corrupt):
         return None
     return _signature(data, found)
+
+
+def _recorded_length(entry: Any) -> int | None:
+    """The file length a record ``entry`` (as decoded from the file) gives, if any."""
+    if type(entry) is list and len(entry) == 2:
+        entry = entry[0]
+    return entry >> 32 if type(entry) is int and entry >= 0 else None
 
 
 def _recorded_version(entry: Any, data: bytes, signature: int) -> str | None:
@@ -1911,7 +1945,7 @@ class FilesystemObjectStore(IndexedReads):
     def _walk(self, loaded: _Loaded, known: dict[str, Any]) -> None:
         problems = loaded.problems
         with os.scandir(self.directory) as top:
-            components = sorted(top, key=lambda e: e.name)
+            components = sorted(top, key=_entry_name)
         for entry in components:
             if entry.name == DOCUMENTS_DIR and entry.is_dir(follow_symlinks=False):
                 self._walk_documents(entry.path, loaded)
@@ -1948,6 +1982,7 @@ class FilesystemObjectStore(IndexedReads):
                 problems.append((entry.path, str(exc)))
                 continue
             files = _Section(f"{component}/{gvr.dirname}", known, loaded.record)
+            slots: dict[str, _Slot] = {}
             for item in _scan(entry.path, problems):
                 if self._leftover(item):
                     continue
@@ -1956,7 +1991,8 @@ class FilesystemObjectStore(IndexedReads):
                 elif item.is_dir(follow_symlinks=False):
                     self._walk_namespace(component, gvr, item.name, item.path, loaded, known)
                 else:
-                    self._read_object(component, gvr, "", item, loaded, files)
+                    self._read_object(item, loaded, files, slots)
+            loaded.index.fill(component, gvr, "", slots)
 
     def _walk_namespace(
         self,
@@ -1973,6 +2009,7 @@ class FilesystemObjectStore(IndexedReads):
             loaded.problems.append((path, str(exc)))
             return
         files = _Section(f"{component}/{gvr.dirname}/{namespace}", known, loaded.record)
+        slots: dict[str, _Slot] = {}
         for item in _scan(path, loaded.problems):
             if self._leftover(item):
                 continue
@@ -1981,39 +2018,45 @@ class FilesystemObjectStore(IndexedReads):
                     (item.path, "symlink" if item.is_symlink() else "unexpected directory")
                 )
             else:
-                self._read_object(component, gvr, namespace, item, loaded, files)
+                self._read_object(item, loaded, files, slots)
+        loaded.index.fill(component, gvr, namespace, slots)
 
     def _read_object(
         self,
-        component: str,
-        gvr: GVR,
-        namespace: str,
         entry: os.DirEntry[str],
         loaded: _Loaded,
         files: _Section,
+        slots: dict[str, _Slot],
     ) -> None:
-        """Load one object file: taken as it is if the checksum record vouches for its
-        bytes, else checked in full (and refused if it is not an object)."""
+        """Load one object file into its directory's ``slots``: taken as it is if the
+        checksum record vouches for its bytes, else checked in full (and refused if it is
+        not an object). The directory's other parts (component, resource, namespace) were
+        checked once for it."""
         name = entry.name
         try:
-            # The other parts were checked once for the directory.
-            key = CacheKey.trusted(component, gvr, namespace, check_name(name))
+            check_name(name)
         except InvalidKey as exc:
             loaded.problems.append((entry.path, str(exc)))
             return
         if not entry.is_file(follow_symlinks=False):
             loaded.problems.append((entry.path, "not a regular file"))
             return
+        recorded = files.known.get(name) if files.known else None
         try:
-            data = self._disk.read(entry.path)
+            data = self._disk.read(entry.path, _recorded_length(recorded))
         except OSError as exc:
             loaded.problems.append((entry.path, f"unreadable: {exc.strerror}"))
             return
         signature = len(data) << 32 | zlib.crc32(data)
-        recorded = files.known.get(name) if files.known else None
+        if type(recorded) is int and recorded == signature:
+            # The writer left these very bytes and found that they give their
+            # resourceVersion back (a bare signature): kept alone (see `_slot`).
+            files.matched(name, signature)
+            slots[name] = data
+            return
         rv = _recorded_version(recorded, data, signature) if recorded is not None else None
         if rv is not None:
-            entry_of: _Signature = signature if type(recorded) is int else (signature, rv)
+            entry_of: _Signature = (signature, rv)
             files.matched(name, entry_of)
         else:
             found = _resource_version(data)
@@ -2024,9 +2067,7 @@ class FilesystemObjectStore(IndexedReads):
             rv = found
             entry_of = _signature(data, rv)
             files.checked(name, entry_of)
-        # A bare signature says the bytes give the resourceVersion back: the index keeps
-        # them alone (see `_slot`) without peeking again.
-        loaded.index._set_slot(key, data if type(entry_of) is int else (rv, data))
+        slots[name] = data if type(entry_of) is int else (rv, data)
 
     def _walk_documents(self, path: str, loaded: _Loaded) -> None:
         for entry in _scan(path, loaded.problems):
@@ -2112,10 +2153,13 @@ def _resource_version(data: bytes) -> str | _Corrupt:
     return rv if isinstance(rv, str) else str(rv)
 
 
+_entry_name = operator.attrgetter("name")
+
+
 def _scan(path: str, problems: list[tuple[str, str]]) -> list[os.DirEntry[str]]:
     try:
         with os.scandir(path) as entries:
-            return sorted(entries, key=lambda e: e.name)
+            return sorted(entries, key=_entry_name)
     except OSError as exc:
         problems.append((path, f"unreadable directory: {exc.strerror}"))
         return []
