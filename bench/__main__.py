@@ -72,6 +72,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--rounds", type=int, default=None,
                         help="measure each configuration this many times, report the median (default 1; "
                         "flowcontrol: 3 of each limiter setting, interleaved, 1 with --quick)")  # fmt: skip
+    parser.add_argument("--turns", type=int, default=None,
+                        help="proxy-list and flowcontrol: cut each configuration's --duration into this many "
+                        "turns, the configurations alternating (default 5, 1 with --quick): a shared VM's "
+                        "speed changes every few seconds, and alternating turns give each the same mix")  # fmt: skip
     parser.add_argument("--events", type=int, default=None,
                         help="autonomy: watch events per relay run (default 20000, 5000 with --quick)")  # fmt: skip
     parser.add_argument("--relay-runs", type=int, default=None,
@@ -121,6 +125,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         parser.error("--connections must be at least 1")
     if args.rounds is not None and args.rounds < 1:
         parser.error("--rounds must be at least 1")
+    if args.turns is None:
+        args.turns = 1 if args.quick else 5
+    if args.turns < 1:
+        parser.error("--turns must be at least 1")
     args.flowcontrol_rounds = args.rounds or (1 if args.quick else 3)
     args.rounds = args.rounds or 1
     if args.events is None:
@@ -165,6 +173,7 @@ def _wrk(args: argparse.Namespace) -> dict[str, Any]:
         "cooldown": args.cooldown,
         "connections": args.connections,
         "threads": args.threads,
+        "turns": args.turns,
     }
 
 

@@ -43,7 +43,7 @@ from bench import flowcontrol_report as reporting
 from bench import nginx as nginx_conf
 from bench.autonomy import Cloud
 from bench.burst import Answer, send_burst
-from bench.measure import Row, Target, measure, median_rows
+from bench.measure import Row, Target, measure_interleaved, median_rows
 from bench.pods import pod_list_body
 from bench.procs import Child, ChildFailed, free_port, http_get, wait_for_status
 from bench.proxy_list import PATH, REQUEST_HEADERS, UPSTREAM_WORKERS, _verify
@@ -231,10 +231,14 @@ def _overhead(
                 f"twistd yurthub, flowControl.maxRequestsInFlight {limit}",
             )  # fmt: skip
         _verify(list(targets.values()), body)
-        measured: dict[str, Row] = {}
-        for key, _, _ in order:
-            emit(f"bench: measuring {targets[key].label} (round {number}/{settings.rounds}) ...")
-            measured[key] = measure(load, targets[key], upstream, bench_run.children)
+        emit(
+            f"bench: measuring both (round {number}/{settings.rounds}), {settings.turns} "
+            f"alternating turns of {settings.duration / settings.turns:g} s each ..."
+        )
+        rows = measure_interleaved(
+            load, [targets[key] for key, _, _ in order], upstream, bench_run.children, settings.turns
+        )
+        measured = {row.target.key: row for row in rows}
         rounds.append([measured[key] for key, _, _ in HUBS])
         orders.append([key for key, _, _ in order])
         for key, hub in hubs.items():

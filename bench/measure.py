@@ -113,46 +113,122 @@ def machine_cpu_seconds() -> tuple[float, float]:
     return sum(fields[:3]) / ticks, fields[7] / ticks
 
 
-def measure(load: Load, target: Target, upstream: Child, children: Sequence[Child]) -> Row:
-    """Warm ``target`` up, then time it with wrk; every child must still run afterwards."""
+def _wrk_for(load: Load, target: Target, seconds: float) -> WrkResult:
+    return run_wrk(
+        load.wrk,
+        target.url,
+        load.script,
+        duration=seconds,
+        connections=load.connections,
+        threads=load.threads,
+        headers=load.headers,
+        timeout=load.timeout,
+    )
 
-    def wrk_for(seconds: float) -> WrkResult:
-        return run_wrk(
-            load.wrk,
-            target.url,
-            load.script,
-            duration=seconds,
-            connections=load.connections,
-            threads=load.threads,
-            headers=load.headers,
-            timeout=load.timeout,
+
+#: The `_CpuSample` fields a row reports, as % of one core over its timed run.
+_CPU_FIELDS = ("processes", "ours", "server", "upstream", "wrk", "steal")
+
+
+class _Timed:
+    """What one target's timed runs add up to: wrk's results and the CPU seconds used."""
+
+    def __init__(self, target: Target) -> None:
+        self.target = target
+        self.results: list[WrkResult] = []
+        self.elapsed = 0.0
+        self.cpu = dict.fromkeys(_CPU_FIELDS, 0.0)
+
+    def run(self, load: Load, upstream: Child, children: Sequence[Child], seconds: float) -> None:
+        for child in children:
+            child.check_alive()
+        before = _CpuSample.take(children, self.target.server, upstream)
+        self.results.append(_wrk_for(load, self.target, seconds))
+        after = _CpuSample.take(children, self.target.server, upstream)
+        self.target.server.check_alive()
+        self.elapsed += after.wall - before.wall
+        for name in _CPU_FIELDS:
+            self.cpu[name] += getattr(after, name) - getattr(before, name)
+
+    def row(self) -> Row:
+        def percent(name: str) -> float:
+            return 100 * self.cpu[name] / self.elapsed if self.elapsed else 0.0
+
+        others = max(0.0, percent("processes") - percent("ours") - percent("wrk"))
+        return Row(
+            self.target,
+            merge_results(self.results),
+            percent("server"),
+            percent("upstream"),
+            percent("wrk"),
+            others,
+            percent("steal"),
         )
 
+
+def merge_results(results: Sequence[WrkResult]) -> WrkResult:
+    """Several wrk runs as one: requests, bytes, time and errors summed; the maximum
+    latency is the largest; the other latency figures are weighted by each run's requests
+    (for percentiles an approximation of the whole's)."""
+    if len(results) == 1:
+        return results[0]
+    requests = sum(r.requests for r in results)
+    latency: dict[str, float] = {}
+    for name in results[0].latency_us:
+        if name == "max":
+            latency[name] = max(r.latency_us[name] for r in results)
+        else:
+            weighted = sum(r.latency_us[name] * r.requests for r in results)
+            latency[name] = round(weighted / requests, 1) if requests else 0.0
+    errors: dict[str, int] = {}
+    for r in results:
+        for name, count in r.errors.items():
+            errors[name] = errors.get(name, 0) + count
+    return WrkResult(
+        requests=requests,
+        duration_us=sum(r.duration_us for r in results),
+        bytes=sum(r.bytes for r in results),
+        latency_us=latency,
+        errors=errors,
+    )
+
+
+def measure(load: Load, target: Target, upstream: Child, children: Sequence[Child]) -> Row:
+    """Warm ``target`` up, then time it with wrk; every child must still run afterwards."""
     if load.cooldown > 0:
         time.sleep(load.cooldown)
     if load.warmup > 0:
-        wrk_for(load.warmup)
-    for child in children:
-        child.check_alive()
-    before = _CpuSample.take(children, target.server, upstream)
-    result = wrk_for(load.duration)
-    after = _CpuSample.take(children, target.server, upstream)
-    target.server.check_alive()
-    elapsed = after.wall - before.wall
+        _wrk_for(load, target, load.warmup)
+    timed = _Timed(target)
+    timed.run(load, upstream, children, load.duration)
+    return timed.row()
 
-    def percent(field: str) -> float:
-        return 100 * (getattr(after, field) - getattr(before, field)) / elapsed
 
-    others = max(0.0, percent("processes") - percent("ours") - percent("wrk"))
-    return Row(
-        target,
-        result,
-        percent("server"),
-        percent("upstream"),
-        percent("wrk"),
-        others,
-        percent("steal"),
-    )
+def measure_interleaved(
+    load: Load,
+    targets: Sequence[Target],
+    upstream: Child,
+    children: Sequence[Child],
+    turns: int,
+) -> list[Row]:
+    """Time ``targets`` side by side: after one rest (``load.cooldown``) and each one's
+    warm-up, ``turns`` turns of ``load.duration / turns`` seconds each, the order
+    reversed every turn (A B C, C B A, A B C, ...); a target's row adds its turns up
+    (`merge_results`; CPU over its own turns). A shared VM's vCPU moves between a fast
+    and a slow state (~1.4x apart here) every few seconds: measured in one stretch each,
+    two targets can land in different states and differ by more than what they compare;
+    in short alternating turns each sees the same mix."""
+    if load.cooldown > 0:
+        time.sleep(load.cooldown)
+    if load.warmup > 0:
+        for target in targets:
+            _wrk_for(load, target, load.warmup)
+    timed = [_Timed(target) for target in targets]
+    seconds = load.duration / max(1, turns)
+    for turn in range(max(1, turns)):
+        for one in timed if turn % 2 == 0 else timed[::-1]:
+            one.run(load, upstream, children, seconds)
+    return [one.row() for one in timed]
 
 
 def median_rows(rounds: Sequence[Sequence[Row]]) -> list[Row]:

@@ -31,7 +31,7 @@ from typing import Any
 from bench import nginx as nginx_conf
 from bench import report as reporting
 from bench.autonomy import REPO_ROOT, _with_repo_root
-from bench.measure import Row, Target, measure, median_rows
+from bench.measure import Row, Target, measure_interleaved, median_rows
 from bench.pods import pod_list_body
 from bench.procs import Child, ChildFailed, free_port, http_get, wait_for_status
 from bench.results import save_results
@@ -182,6 +182,7 @@ def _report(
             "connections": settings.connections,
             "wrk_threads": settings.threads,
             "rounds": settings.rounds,
+            "turns": settings.turns,
             "nginx_proxy_worker_processes": PROXY_WORKERS,
             "upstream_worker_processes": UPSTREAM_WORKERS,
         },
@@ -209,13 +210,19 @@ def run(settings: Settings, emit: Callable[[str], None] = print) -> int:
             )
             load = settings.load(tools.wrk, write_script(bench_run.temp), REQUEST_HEADERS)
             rounds: list[list[Row]] = []
+            for target in servers.targets:
+                emit(f"bench:   {target.label}: {target.note}")
             for number in range(1, settings.rounds + 1):
-                measured = []
-                for target in servers.targets:
-                    of = f" (round {number}/{settings.rounds})" if settings.rounds > 1 else ""
-                    emit(f"bench: measuring {target.label}{of}: {target.note} ...")
-                    measured.append(measure(load, target, servers.upstream, bench_run.children))
-                rounds.append(measured)
+                of = f" (round {number}/{settings.rounds})" if settings.rounds > 1 else ""
+                emit(
+                    f"bench: measuring all {len(servers.targets)} configurations{of}, "
+                    f"{settings.turns} alternating turns of {settings.duration / settings.turns:g} s each ..."
+                )
+                rounds.append(
+                    measure_interleaved(
+                        load, servers.targets, servers.upstream, bench_run.children, settings.turns
+                    )
+                )
             rows = median_rows(rounds)
             diagnostics = yurthub_diagnostics(servers.yurthub, servers.hub_url)
             report = _report(rows, rounds, settings, tools, body, diagnostics)

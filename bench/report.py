@@ -166,7 +166,8 @@ def print_report(report: dict[str, Any], rows: Sequence[Row], emit: Callable[[st
     emit(
         f"GET {req['path']}: {req['pods']} pods, {req['body_bytes']:,} bytes of JSON; "
         f"wrk {s['wrk_threads']} threads x {s['connections']} connections, "
-        f"{s['duration_s']:g} s per configuration after {s['warmup_s']:g} s warm-up{rounds}"
+        f"{s['duration_s']:g} s per configuration after {s['warmup_s']:g} s warm-up, in "
+        f"{s.get('turns', 1)} turns alternating between the configurations{rounds}"
     )
     emit(
         f"machine: nproc={m['nproc']} ({m['cpu']}), Python {m['python']}, Twisted {m['twisted']}, "

@@ -50,6 +50,9 @@ class WrkSettings(OutputSettings):
     cooldown: float = 0.0
     connections: int = 16
     threads: int = 2
+    #: proxy-list and flowcontrol: turns each configuration's duration is cut into,
+    #: the configurations alternating (see `bench.measure.measure_interleaved`).
+    turns: int = 1
 
     def load(self, wrk: str, script: Path, headers: Mapping[str, str]) -> Load:
         """The wrk load these settings describe."""

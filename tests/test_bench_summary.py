@@ -222,6 +222,75 @@ class CommandLineTests(SynchronousTestCase):
             parse_args(["--cooldown", "-1"])
         self.assertIn("--cooldown must be at least 0", sys.stderr.getvalue())
 
+    def test_interleaved_turns_alternate_and_add_up(self) -> None:
+        import bench.measure as measure_module
+        from bench.wrk import WrkResult
+
+        slept: list[float] = []
+        self.patch(measure_module.time, "sleep", slept.append)
+        calls: list[tuple[str, float]] = []
+
+        def fake_wrk(wrk: str, url: str, script: Any, *, duration: float, **kwargs: Any) -> WrkResult:
+            calls.append((url, duration))
+            n = len(calls)
+            return WrkResult(requests=100 * n, duration_us=int(duration * 1e6), bytes=1000 * n,
+                             latency_us={"p50": float(n), "p99": 10.0 * n, "max": 5.0 * n},
+                             errors={"timeout": 1 if url.endswith("b") else 0})  # fmt: skip
+
+        class FakeChild:
+            def __init__(self) -> None:
+                self.cpu = 0.0
+
+            def check_alive(self) -> None:
+                pass
+
+            def cpu_seconds(self) -> float:
+                self.cpu += 0.5
+                return self.cpu
+
+        self.patch(measure_module, "run_wrk", fake_wrk)
+        load = measure_module.Load(wrk="wrk", script=Path("x.lua"), duration=6, warmup=1, connections=1,
+                                   threads=1, headers={}, cooldown=2.0)  # fmt: skip
+        a, b, up = FakeChild(), FakeChild(), FakeChild()
+        targets = [measure_module.Target(k, k, f"http://x/{k}", c, "") for k, c in (("a", a), ("b", b))]  # type: ignore[arg-type]
+        rows = measure_module.measure_interleaved(load, targets, up, [a, b, up], 3)  # type: ignore[arg-type]
+        self.assertEqual(slept, [2.0])  # one rest for the whole interleaved block
+        # Warm-ups first, then turns of 2 s in the order a b, b a, a b.
+        self.assertEqual([u[-1] for u, _ in calls], ["a", "b", "a", "b", "b", "a", "a", "b"])
+        self.assertEqual([d for _, d in calls], [1, 1, 2, 2, 2, 2, 2, 2])
+        by_key = {row.target.key: row for row in rows}
+        self.assertEqual([row.target.key for row in rows], ["a", "b"])
+        # a's turns were calls 3, 6 and 7: their requests, bytes and time add up.
+        self.assertEqual(by_key["a"].result.requests, 100 * (3 + 6 + 7))
+        self.assertEqual(by_key["a"].result.bytes, 1000 * (3 + 6 + 7))
+        self.assertEqual(by_key["a"].result.duration_us, 6_000_000)
+        self.assertEqual(by_key["a"].result.latency_us["max"], 35.0)
+        self.assertAlmostEqual(by_key["a"].result.latency_us["p50"], (9 + 36 + 49) / 16, places=1)
+        self.assertEqual(by_key["b"].result.errors, {"timeout": 3})
+        # Each target's server CPU is taken over its own turns only.
+        self.assertGreater(by_key["a"].server_cpu, 0)
+
+    def test_turns_default_to_five_and_one_when_quick(self) -> None:
+        from bench.__main__ import parse_args
+
+        self.assertEqual(parse_args([]).turns, 5)
+        self.assertEqual(parse_args(["--quick"]).turns, 1)
+        self.assertEqual(parse_args(["--turns", "3"]).turns, 3)
+        import io
+        import sys
+
+        self.patch(sys, "stderr", io.StringIO())
+        with self.assertRaises(SystemExit):
+            parse_args(["--turns", "0"])
+        self.assertIn("--turns must be at least 1", sys.stderr.getvalue())
+
+    def test_merging_one_result_is_that_result(self) -> None:
+        import bench.measure as measure_module
+        from bench.wrk import WrkResult
+
+        one = WrkResult(requests=5, duration_us=10, bytes=7, latency_us={"p50": 1.0}, errors={})
+        self.assertIs(measure_module.merge_results([one]), one)
+
     def test_measure_rests_before_a_configuration(self) -> None:
         import bench.measure as measure_module
 
