@@ -48,7 +48,7 @@ from typing import Any
 from bench import autonomy_report as reporting
 from bench import cloud as cloud_process
 from bench import nginx as nginx_conf
-from bench.measure import Load, Row, Target, machine_cpu_seconds, measure, median_rows
+from bench.measure import Load, Row, Target, machine_cpu_seconds, measure, median_rows, speed_probe
 from bench.procs import Child, ChildFailed, free_port, http_get, wait_for_status
 from bench.report import git_state
 from bench.results import save_results
@@ -618,6 +618,7 @@ def restart_offline(run: Run, hub: Hub, cloud: Cloud, settings: Settings) -> dic
     hub.child.stop(grace=30)
     if settings.cooldown > 0:
         time.sleep(settings.cooldown)
+    probe_before = speed_probe()
     window = CpuWindow(run, hub, cloud)
     window.begin()
     start = time.monotonic()
@@ -670,6 +671,8 @@ def restart_offline(run: Run, hub: Hub, cloud: Cloud, settings: Settings) -> dic
     cpu = window.end()
     out: dict[str, Any] = {
         "seconds": round(first, 3) if first is not None else None,
+        # The machine's speed just before the start and just after the answer.
+        "speed_probe_ms": [probe_before, speed_probe()],
         "listening_seconds": round(connected, 3) if connected is not None else None,
         "attempts": seen,
         "cpu_percent": cpu,

@@ -364,6 +364,8 @@ def print_report(report: dict[str, Any], emit: Callable[[str], None]) -> None:
         emit(
             f"restart (round {restart['round']}): {steps}"
             + (f"; RSS when listening {at_listen['VmRSS']:.0f} MB" if at_listen else "")
+            + ("; speed probe {:.1f} ms before, {:.1f} ms after (a fixed Python loop; lower is "
+               "faster)".format(*restart["speed_probe_ms"]) if restart.get("speed_probe_ms") else "")
             + (f"; {restart['error']}" if "error" in restart else "")
         )
     for check in report["offline_checks"]:

@@ -231,6 +231,25 @@ def measure_interleaved(
     return [one.row() for one in timed]
 
 
+#: `speed_probe`: loop iterations per try, and tries (the fastest counts).
+PROBE_LOOPS = 200_000
+PROBE_TRIES = 5
+
+
+def speed_probe() -> float:
+    """Milliseconds this machine takes for a fixed pure-Python loop (the fastest of a
+    few tries, ~50-80 ms in all): a shared VM's vCPUs move between a fast and a slow
+    state, and a figure measured against the clock (the restart) is read next to it."""
+    best = float("inf")
+    for _ in range(PROBE_TRIES):
+        started = time.perf_counter()
+        total = 0
+        for i in range(PROBE_LOOPS):
+            total += i * i
+        best = min(best, time.perf_counter() - started)
+    return round(best * 1000, 2)
+
+
 def median_rows(rounds: Sequence[Sequence[Row]]) -> list[Row]:
     """For each configuration, the round with the median requests per second (the lower
     middle one for an even number of rounds)."""

@@ -49,7 +49,14 @@ class BenchQuickTests(SynchronousTestCase):
             self.fail(f"nginx or wrk missing (.ci/run installs them):\n{output}")
         self.assertEqual(done.returncode, 0, output)
 
-        summary = json.loads(results.read_text())["summary"]
+        document = json.loads(results.read_text())
+        # The restart is read next to the machine's speed at that moment.
+        for restart in document["autonomy"]["restarts"]:
+            probes = restart["speed_probe_ms"]
+            self.assertEqual(len(probes), 2, restart)
+            self.assertTrue(all(p > 0 for p in probes), restart)
+        self.assertIn("speed probe", done.stdout)
+        summary = document["summary"]
         self.assertTrue(summary["quick"])
         rows = {row["key"]: row for row in summary["rows"]}
         self.assertEqual(sorted(rows), sorted(ROW_KEYS), output)
