@@ -73,7 +73,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                         help="measure each configuration this many times, report the median (default 1; "
                         "flowcontrol: 3 of each limiter setting, interleaved, 1 with --quick)")  # fmt: skip
     parser.add_argument("--turns", type=int, default=None,
-                        help="proxy-list and flowcontrol: cut each configuration's --duration into this many "
+                        help="proxy-list: cut each configuration's --duration into this many "
                         "turns, the configurations alternating (default 5, 1 with --quick): a shared VM's "
                         "speed changes every few seconds, and alternating turns give each the same mix")  # fmt: skip
     parser.add_argument("--events", type=int, default=None,

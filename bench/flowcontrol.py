@@ -4,11 +4,13 @@ Two parts, on 127.0.0.1, every process in its own group:
 
 1. Limiter overhead. proxy-list's scenario (nginx serving the 100-pod list as the
    upstream, wrk with 16 keep-alive connections, kubelet's User-Agent) against two
-   yurthub processes started side by side: ``flowControl: {maxRequestsInFlight: 250}``
-   (the default, limiter on) and ``maxRequestsInFlight: 0`` (off), a fresh pair every
-   round (a process can be ~20 % slower than another of the same config for its whole
-   life). They are measured in turn, ``rounds`` times each, the order swapped every round
-   (on, off, off, on, ...) so a drift of the machine's speed falls on both alike. The
+   yurthub processes started side by side on the same CPU:
+   ``flowControl: {maxRequestsInFlight: 250}`` (the default, limiter on) and
+   ``maxRequestsInFlight: 0`` (off), a fresh pair every round (a process can be slower
+   than another of the same config for its whole life). Both are loaded at the same
+   moment, a wrk each (`bench.measure.measure_together`), so every change of the shared
+   CPU's speed (this VM's vCPUs move between a fast and a slow state every few seconds)
+   falls on both alike; ``rounds`` rounds, the start order swapped every round. The
    overhead is ``1 - on / off`` of requests per second and the same by CPU time per
    request (``1 - off / on`` of the microseconds, the throughput lost when yurthub is
    CPU-bound); the verdict uses the latter, which the other load on a shared VM
@@ -43,7 +45,7 @@ from bench import flowcontrol_report as reporting
 from bench import nginx as nginx_conf
 from bench.autonomy import Cloud
 from bench.burst import Answer, send_burst
-from bench.measure import Row, Target, measure_interleaved, median_rows
+from bench.measure import Row, Target, measure_together, median_rows
 from bench.pods import pod_list_body
 from bench.procs import Child, ChildFailed, free_port, http_get, wait_for_status
 from bench.proxy_list import PATH, REQUEST_HEADERS, UPSTREAM_WORKERS, _verify
@@ -83,7 +85,7 @@ DRAIN_SLACK = 30.0
 class Settings(WrkSettings):
     """What one flow-control run measures and how."""
 
-    #: Measurements of each limiter setting (interleaved, order swapped every round).
+    #: Rounds, a fresh pair each, both measured at once (start order swapped every round).
     rounds: int = 3
     #: The burst: requests at once, the upstream's delay, when an answer counts as hung.
     burst: int = 300
@@ -232,12 +234,10 @@ def _overhead(
             )  # fmt: skip
         _verify(list(targets.values()), body)
         emit(
-            f"bench: measuring both (round {number}/{settings.rounds}), {settings.turns} "
-            f"alternating turns of {settings.duration / settings.turns:g} s each ..."
+            f"bench: measuring both at once (round {number}/{settings.rounds}), a wrk each, "
+            "the two yurthubs sharing one CPU ..."
         )
-        rows = measure_interleaved(
-            load, [targets[key] for key, _, _ in order], upstream, bench_run.children, settings.turns
-        )
+        rows = measure_together(load, [targets[key] for key, _, _ in order], upstream, bench_run.children)
         measured = {row.target.key: row for row in rows}
         rounds.append([measured[key] for key, _, _ in HUBS])
         orders.append([key for key, _, _ in order])

@@ -1,7 +1,7 @@
 """The results of a flow-control run: the verdicts, the printed tables and the JSON document.
 
-Limiter overhead: each round starts a fresh pair of yurthubs (on and off) and measures
-both in short alternating turns (`bench.measure.measure_interleaved`); a round's overhead is ``1 - on / off`` of requests per second
+Limiter overhead: each round starts a fresh pair of yurthubs (on and off) on one CPU and
+loads both at the same moment (`bench.measure.measure_together`); a round's overhead is ``1 - on / off`` of requests per second
 and ``1 - off / on`` of CPU microseconds per request (both: the fraction of throughput the
 limiter costs). The verdict, <= 3 %, uses the median over the rounds of the paired CPU
 figure: two yurthub processes with the same settings differ by up to ~10 % between them
@@ -237,9 +237,9 @@ def print_report(report: dict[str, Any], rows: Sequence[Row], emit: Callable[[st
     emit(
         f"1. limiter overhead: GET {report['request']['path']} (100 pods, {part1['body_bytes']:,} "
         f"bytes) from nginx through yurthub; wrk {s['threads']} threads x {s['connections']} "
-        f"connections, {s['duration']:g} s after {s['warmup']:g} s warm-up, in {s.get('turns', 1)} "
-        f"turns alternating between the settings; {s['rounds']} rounds, a fresh pair each, order "
-        "swapped every round; rows: the median round by req/s"
+        f"connections to each, both loaded at once for {s['duration']:g} s after {s['warmup']:g} s "
+        f"warm-up, the two yurthubs sharing one CPU; {s['rounds']} rounds, a fresh pair each, start "
+        "order swapped every round; rows: the median round by req/s"
     )
     emit("")
     emit(table(rows))

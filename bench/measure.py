@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import resource
+import threading
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -229,6 +230,56 @@ def measure_interleaved(
         for one in timed if turn % 2 == 0 else timed[::-1]:
             one.run(load, upstream, children, seconds)
     return [one.row() for one in timed]
+
+
+def measure_together(
+    load: Load, targets: Sequence[Target], upstream: Child, children: Sequence[Child]
+) -> list[Row]:
+    """Time ``targets`` at the same moment: after one rest and each one's warm-up, a wrk
+    per target (``load.connections`` each) runs for ``load.duration`` seconds, all at
+    once. Targets pinned to one CPU then share it, and every change of its speed falls on
+    all of them alike: their CPU microseconds per request compare with none of the VM's
+    fast/slow-state noise that turns taken one after another still carry. Each row's
+    server CPU is its own process group's; the wrk, other and steal columns are the
+    machine's over the window, the same in every row (wrk: all the wrk processes)."""
+    if load.cooldown > 0:
+        time.sleep(load.cooldown)
+    if load.warmup > 0:
+        for target in targets:
+            _wrk_for(load, target, load.warmup)
+    for child in children:
+        child.check_alive()
+    results: dict[int, WrkResult | BaseException] = {}
+
+    def one(index: int, target: Target) -> None:
+        try:
+            results[index] = _wrk_for(load, target, load.duration)
+        except BaseException as e:  # raised again in the calling thread
+            results[index] = e
+
+    before = [_CpuSample.take(children, target.server, upstream) for target in targets]
+    threads = [
+        threading.Thread(target=one, args=(index, target), daemon=True)
+        for index, target in enumerate(targets)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    after = [_CpuSample.take(children, target.server, upstream) for target in targets]
+    rows = []
+    for index, target in enumerate(targets):
+        target.server.check_alive()
+        result = results[index]
+        if isinstance(result, BaseException):
+            raise result
+        timed = _Timed(target)
+        timed.results.append(result)
+        timed.elapsed = after[index].wall - before[index].wall
+        for name in _CPU_FIELDS:
+            timed.cpu[name] = getattr(after[index], name) - getattr(before[index], name)
+        rows.append(timed.row())
+    return rows
 
 
 #: `speed_probe`: loop iterations per try, and tries (the fastest counts).

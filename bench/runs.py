@@ -50,7 +50,7 @@ class WrkSettings(OutputSettings):
     cooldown: float = 0.0
     connections: int = 16
     threads: int = 2
-    #: proxy-list and flowcontrol: turns each configuration's duration is cut into,
+    #: proxy-list: turns each configuration's duration is cut into,
     #: the configurations alternating (see `bench.measure.measure_interleaved`).
     turns: int = 1
 

@@ -284,6 +284,70 @@ class CommandLineTests(SynchronousTestCase):
             parse_args(["--turns", "0"])
         self.assertIn("--turns must be at least 1", sys.stderr.getvalue())
 
+    def test_together_runs_one_wrk_per_target_at_once(self) -> None:
+        import threading
+
+        import bench.measure as measure_module
+        from bench.wrk import WrkResult
+
+        self.patch(measure_module.time, "sleep", lambda seconds: None)
+        timed = threading.Barrier(2, timeout=10)  # both timed runs must be under way together
+        calls: list[tuple[str, float]] = []
+
+        def fake_wrk(wrk: str, url: str, script: Any, *, duration: float, **kwargs: Any) -> WrkResult:
+            calls.append((url[-1], duration))
+            if duration == 4:
+                timed.wait()
+            return WrkResult(requests=400 if url.endswith("a") else 200, duration_us=4_000_000,
+                             bytes=1, latency_us={"p50": 1.0}, errors={})  # fmt: skip
+
+        class FakeChild:
+            def __init__(self, step: float) -> None:
+                self.cpu, self.step = 0.0, step
+
+            def check_alive(self) -> None:
+                pass
+
+            def cpu_seconds(self) -> float:
+                self.cpu += self.step
+                return self.cpu
+
+        self.patch(measure_module, "run_wrk", fake_wrk)
+        load = measure_module.Load(wrk="wrk", script=Path("x.lua"), duration=4, warmup=1, connections=1,
+                                   threads=1, headers={}, cooldown=0)  # fmt: skip
+        a, b, up = FakeChild(1.0), FakeChild(2.0), FakeChild(0.0)
+        targets = [measure_module.Target(k, k, f"http://x/{k}", c, "") for k, c in (("a", a), ("b", b))]  # type: ignore[arg-type]
+        rows = measure_module.measure_together(load, targets, up, [a, b, up])  # type: ignore[arg-type]
+        self.assertEqual(sorted(calls), [("a", 1), ("a", 4), ("b", 1), ("b", 4)])
+        self.assertEqual([row.target.key for row in rows], ["a", "b"])
+        self.assertEqual([row.result.requests for row in rows], [400, 200])
+        # b's process used twice the CPU between its samples for half the requests.
+        us = [row.server_us_per_request for row in rows]
+        self.assertGreater(us[1], us[0])
+
+    def test_together_raises_what_a_wrk_raised(self) -> None:
+        import bench.measure as measure_module
+        from bench.wrk import WrkFailed
+
+        def failing(*args: Any, **kwargs: Any) -> Any:
+            raise WrkFailed("no result")
+
+        self.patch(measure_module, "run_wrk", failing)
+        load = measure_module.Load(wrk="wrk", script=Path("x.lua"), duration=1, warmup=0, connections=1,
+                                   threads=1, headers={}, cooldown=0)  # fmt: skip
+
+        class Alive:
+            def check_alive(self) -> None:
+                pass
+
+            def cpu_seconds(self) -> float:
+                return 0.0
+
+        child = Alive()
+        target = measure_module.Target("t", "t", "http://x/t", child, "")  # type: ignore[arg-type]
+        with self.assertRaises(WrkFailed):
+            measure_module.measure_together(load, [target], child, [child])  # type: ignore[arg-type]
+
     def test_merging_one_result_is_that_result(self) -> None:
         import bench.measure as measure_module
         from bench.wrk import WrkResult
