@@ -3,6 +3,7 @@ how bad input ends start-up."""
 
 from __future__ import annotations
 
+import gc
 import os
 import platform
 import subprocess
@@ -137,7 +138,7 @@ class ProcessTuningTests(SynchronousTestCase):
         self.patch(tap.ctypes, "CDLL", lambda name: libc)
         ProcessTuning().startService()
         self.assertEqual(
-            [name for name, _ in collector.calls], ["set_threshold", "collect", "freeze"]
+            [name for name, _ in collector.calls], ["set_threshold", "enable", "collect", "freeze"]
         )
         self.assertEqual(libc.calls, [(M_MMAP_THRESHOLD, MMAP_THRESHOLD)])
 
@@ -149,10 +150,10 @@ class ProcessTuningTests(SynchronousTestCase):
         clock = Clock()
         tuning = ProcessTuning(clock)
         tuning.startService()
-        self.assertEqual([name for name, _ in collector.calls], ["set_threshold"])
+        self.assertEqual([name for name, _ in collector.calls], ["set_threshold", "enable"])
         clock.advance(FREEZE_AFTER)
         self.assertEqual(
-            [name for name, _ in collector.calls], ["set_threshold", "collect", "freeze"]
+            [name for name, _ in collector.calls], ["set_threshold", "enable", "collect", "freeze"]
         )
 
     def test_stopped_before_the_freeze_cancels_it(self) -> None:
@@ -166,6 +167,35 @@ class ProcessTuningTests(SynchronousTestCase):
         self.assertEqual(clock.getDelayedCalls(), [])
         clock.advance(FREEZE_AFTER)
         self.assertNotIn("freeze", [name for name, _ in collector.calls])
+
+
+class PluginTests(SynchronousTestCase):
+    """The twistd plugin pauses the collector once yurthub is the chosen subcommand."""
+
+    def test_asking_for_the_options_pauses_the_collector(self) -> None:
+        from twisted.plugins.yurthub_plugin import yurthub
+
+        self.addCleanup(gc.enable)
+        gc.enable()
+        self.assertIs(yurthub.options, Options)
+        self.assertFalse(gc.isenabled())
+        # The real collector, a fake libc, and a clock that never reaches the freeze.
+        self.patch(tap.ctypes, "CDLL", lambda name: _FakeLibc())
+        self.patch(tap, "dispatch_without_log_context", lambda reactor: None)
+        thresholds = gc.get_threshold()
+        self.addCleanup(lambda: gc.set_threshold(*thresholds))
+        tuning = ProcessTuning(Clock())
+        tuning.startService()
+        self.addCleanup(tuning.stopService)
+        self.assertTrue(gc.isenabled())
+
+    def test_the_plugin_is_found_as_a_service_maker(self) -> None:
+        from twisted.application.service import IServiceMaker
+        from twisted.plugin import getPlugins
+
+        makers = {maker.tapname: maker for maker in getPlugins(IServiceMaker)}
+        self.assertIn("yurthub", makers)
+        self.assertTrue(gc.isenabled())  # found, not chosen: nothing paused
 
 
 class TwistdTests(SynchronousTestCase):
