@@ -144,9 +144,13 @@ class _Timed:
         for child in children:
             child.check_alive()
         before = _CpuSample.take(children, self.target.server, upstream)
-        self.results.append(_wrk_for(load, self.target, seconds))
-        after = _CpuSample.take(children, self.target.server, upstream)
+        result = _wrk_for(load, self.target, seconds)
+        self.add(result, before, _CpuSample.take(children, self.target.server, upstream))
+
+    def add(self, result: WrkResult, before: _CpuSample, after: _CpuSample) -> None:
+        """One timed run: wrk's result and the CPU samples around it."""
         self.target.server.check_alive()
+        self.results.append(result)
         self.elapsed += after.wall - before.wall
         for name in _CPU_FIELDS:
             self.cpu[name] += getattr(after, name) - getattr(before, name)
@@ -269,15 +273,11 @@ def measure_together(
     after = [_CpuSample.take(children, target.server, upstream) for target in targets]
     rows = []
     for index, target in enumerate(targets):
-        target.server.check_alive()
         result = results[index]
         if isinstance(result, BaseException):
             raise result
         timed = _Timed(target)
-        timed.results.append(result)
-        timed.elapsed = after[index].wall - before[index].wall
-        for name in _CPU_FIELDS:
-            timed.cpu[name] = getattr(after[index], name) - getattr(before[index], name)
+        timed.add(result, before[index], after[index])
         rows.append(timed.row())
     return rows
 

@@ -908,11 +908,11 @@ def _recorded_length(entry: Any) -> int | None:
     return entry >> 32 if type(entry) is int and entry >= 0 else None
 
 
-def _recorded_version(entry: Any, data: bytes, signature: int) -> str | None:
-    """The resourceVersion a record ``entry`` (as decoded from the file) gives for
-    ``data``, whose length and CRC-32 make ``signature``; None unless they match it."""
-    if type(entry) is int:
-        return (peek_resource_version(data) or None) if entry == signature else None
+def _recorded_version(entry: Any, signature: int) -> str | None:
+    """The resourceVersion a record ``entry`` (as decoded from the file) of the
+    ``[signature, resourceVersion]`` form keeps for bytes whose length and CRC-32 make
+    ``signature``; None unless it matches. (A bare matching signature says the bytes give
+    their version back: `FilesystemObjectStore._read_object` keeps them alone.)"""
     if type(entry) is list and len(entry) == 2 and entry[0] == signature:
         rv = entry[1]
         return rv if type(rv) is str else None
@@ -2054,7 +2054,7 @@ class FilesystemObjectStore(IndexedReads):
             files.matched(name, signature)
             slots[name] = data
             return
-        rv = _recorded_version(recorded, data, signature) if recorded is not None else None
+        rv = _recorded_version(recorded, signature)
         if rv is not None:
             entry_of: _Signature = (signature, rv)
             files.matched(name, entry_of)
