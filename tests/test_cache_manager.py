@@ -117,6 +117,28 @@ class ApplyTests(SynchronousTestCase):
         self.assertEqual(cached_names(manager), ["a"])
         self.assertGreater(manager.store.writes, writes)
 
+    def test_a_repeated_list_is_told_unchanged_by_its_head_until_another_version_lands(self) -> None:
+        manager = make_manager()
+        info = parse_request_info(b"GET", b"/api/v1/pods", b"kubelet/v1.31.0")
+        v100 = json.dumps(pod_list(pod("a"), rv=100)).encode()
+        v100_spaced = json.dumps(pod_list(pod("a"), rv=100), indent=1).encode()
+        v101 = json.dumps(pod_list(pod("a", rv=101), rv=101)).encode()
+        self.assertFalse(manager.list_unchanged(info, v100))  # nothing applied yet
+        feed_answer(manager, b"GET", b"/api/v1/pods", v100)
+        for _ in range(3):  # the first repeat is read by the version search, the rest by the head
+            self.assertTrue(manager.list_unchanged(info, v100))
+        self.assertTrue(manager.list_unchanged(info, v100_spaced))  # same version, other bytes
+        self.assertFalse(manager.list_unchanged(info, v101))
+        self.assertFalse(manager.list_unchanged(info, v100[:40]))  # no version in it at all
+        feed_answer(manager, b"GET", b"/api/v1/pods", v101)
+        self.assertFalse(manager.list_unchanged(info, v100))  # the old head no longer vouches
+        self.assertTrue(manager.list_unchanged(info, v101))
+        manager.forget_versions()
+        self.assertFalse(manager.list_unchanged(info, v101))
+        # Another User-Agent version of the same component shares the list's version.
+        feed_answer(manager, b"GET", b"/api/v1/pods", v101)
+        self.assertTrue(manager.list_unchanged(parse_request_info(b"GET", b"/api/v1/pods", b"kubelet/v1.32.1"), v101))
+
     def test_list_version_is_read_from_the_head(self) -> None:
         from yurthub.cache.manager import list_version
 

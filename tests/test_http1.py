@@ -167,6 +167,13 @@ class UpstreamClientTests(TestCase):
         response, body, ended = await self.fetch(self.client(), backend)
         self.assertFalse(response.headers.hasHeader(b"x-hop"))
         self.assertEqual(response.headers.getRawHeaders(b"x-kept"), [b"2"])
+        # Named after it appeared, in another case, in a second Connection field.
+        server, backend = self.serve(
+            lambda head: ok(b"{}", b"X-Hop: 1\r\nX-Kept: 2\r\nConnection: keep-alive\r\nConnection: x-HOP\r\n")
+        )
+        response, body, ended = await self.fetch(self.client(), backend)
+        self.assertFalse(response.headers.hasHeader(b"x-hop"))
+        self.assertEqual(response.headers.getRawHeaders(b"x-kept"), [b"2"])
 
     async def test_sends_the_body_with_its_length(self) -> None:
         server, backend = self.serve(lambda head: ok(b"{}"))

@@ -163,6 +163,10 @@ class CacheManager:
         # selectors): the same list at the same version changed nothing, and re-decoding it
         # would cost far more CPU than proxying it.
         self._list_versions: dict[tuple[str, ...], str] = {}
+        #: The bytes from the start of such a list up to its version's closing quote, as
+        #: they matched that version last time: a repeat starting with them is the same
+        #: version, told by one comparison instead of a search of the list's head.
+        self._list_heads: dict[tuple[str, ...], bytes] = {}
         self._decoding: set[defer.Deferred[Any]] = set()
         self._cacheable: dict[RequestInfo, bool] = {}
         self._metrics = metrics
@@ -241,8 +245,20 @@ class CacheManager:
         the store is sound: a degraded store needs the list to repair it)."""
         if self.store.health.degraded:
             return False
-        known = self._list_versions.get(self._list_id(info))
-        return known is not None and known != "" and known == list_version(body)
+        list_id = self._list_id(info)
+        known = self._list_versions.get(list_id)
+        if not known:
+            return False
+        head = self._list_heads.get(list_id)
+        if head is not None and body.startswith(head):
+            return True  # the very bytes up to the version that matched last time
+        match = _list_head_match(body)
+        if match is None or match.group(1).decode("ascii", "replace") != known:
+            return False
+        if len(self._list_heads) > 10_000:
+            self._list_heads.clear()
+        self._list_heads[list_id] = body[: match.end()]
+        return True
 
     def apply_list(
         self,
@@ -266,13 +282,16 @@ class CacheManager:
         self.store.replace(info.component, gvr_of(info), info.namespace or None, items, list_rv, covered)
         if len(self._list_versions) > 10_000:
             self._list_versions.clear()
-        self._list_versions[self._list_id(info)] = list_rv
+        list_id = self._list_id(info)
+        self._list_versions[list_id] = list_rv
+        self._list_heads.pop(list_id, None)
 
     def forget_versions(self) -> None:
         """The node moved to another cluster, whose resourceVersions do not continue the
         old one's: no cached object, list version or BOOKMARK may keep a new copy out.
         The objects stay and are answered until the new cluster's replace them."""
         self._list_versions.clear()
+        self._list_heads.clear()
         self.bookmarks.clear()
         self.store.forget_versions()
 
@@ -404,12 +423,16 @@ def _peek_rv(data: bytes) -> str:
 _LIST_HEAD_RV = re.compile(rb'"metadata"\s*:\s*\{[^{}]*?"resourceVersion"\s*:\s*"([^"]*)"')
 
 
+def _list_head_match(body: bytes) -> re.Match[bytes] | None:
+    """The match of `_LIST_HEAD_RV` in a list's head: its first 2 KiB, before ``items``."""
+    end = body.find(b'"items"', 0, 2048)
+    return _LIST_HEAD_RV.search(body, 0, end if end != -1 else min(len(body), 2048))
+
+
 def list_version(body: bytes) -> str | None:
     """The resourceVersion in a list's own metadata, read from its head (lists put
     ``metadata`` before ``items``); None if it is not there."""
-    head = body[:2048]
-    items = head.find(b'"items"')
-    match = _LIST_HEAD_RV.search(head, 0, items if items != -1 else len(head))
+    match = _list_head_match(body)
     return match.group(1).decode("ascii", "replace") if match else None
 
 

@@ -68,6 +68,23 @@ _CONNECTION_FIELDS = frozenset(
 #: Field names as answers spell them, lower-cased (bounded: backends choose names).
 _LOWERED: dict[bytes, bytes] = {}
 
+_NO_NAMES: frozenset[bytes] = frozenset()
+#: `named_by_connection` of each Connection value seen (bounded: backends choose them).
+_NAMED: dict[bytes, frozenset[bytes]] = {}
+
+
+def named_by_connection(value: bytes) -> frozenset[bytes]:
+    """The lower-cased field names a Connection value lists that could still be among an
+    answer's kept fields: not the connection fields, which are never kept. For the usual
+    ``keep-alive`` and ``close`` there is nothing to take out; a value is split once."""
+    names = _NAMED.get(value)
+    if names is None:
+        names = frozenset(t.strip().lower() for t in value.split(b",")) - _CONNECTION_FIELDS - {b""}
+        if len(_NAMED) < 1000:
+            _NAMED[value] = names
+    return names
+
+
 #: A request method is an RFC 9110 token.
 _METHOD = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")
 #: What may not appear in a request target (control characters and white space).
@@ -218,7 +235,7 @@ class _Connection(Protocol):
             return
         length: Any = UNKNOWN_LENGTH
         chunked = False
-        listed: set[bytes] = set()  # fields the answer's Connection names are hop-by-hop too
+        listed: frozenset[bytes] = _NO_NAMES  # fields the answer's Connection names are hop-by-hop too
         kept = []
         lowered = _LOWERED
         for field in self._headers:
@@ -234,13 +251,12 @@ class _Connection(Protocol):
                 elif lower == b"transfer-encoding":
                     chunked = True
                 elif lower == b"connection":
-                    listed.update(t.strip().lower() for t in value.split(b","))
+                    listed = listed | named_by_connection(value)
                 continue
             kept.append(field)
+        if listed:
+            kept = [field for field in kept if (lowered.get(field[0]) or field[0].lower()) not in listed]
         headers = headers_from(kept)
-        for name in listed:
-            if name:
-                headers.removeHeader(name)
         if self._is_head or code in (204, 304):
             length = 0
         elif chunked:
