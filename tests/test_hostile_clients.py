@@ -97,6 +97,8 @@ class _FakeResponse:
     def __init__(self, payload: bytes, length: int | None) -> None:
         self.code = 200
         self.phrase = b"OK"
+        self.fields = [(b"Content-Type", b"application/json")]
+        self.content_type = b"application/json"
         self.headers = Headers({b"content-type": [b"application/json"]})
         self.length: Any = length if length is not None else UNKNOWN_LENGTH
         self._payload = payload

@@ -534,6 +534,46 @@ class ResponseFramingTests(LeanServerTestCase):
         (again,) = await read_answers(client, b"GET")
         self.assertEqual(again.body, b"onetwo three" + b"x" * 300)
 
+    async def test_a_relayed_answer_keeps_the_upstream_fields_as_they_came(self) -> None:
+        fields = [(b"Audit-Id", b"a1"), (b"content-type", b"application/json"), (b"Warning", b"1"), (b"Warning", b"2")]
+
+        def relay(request: Any) -> bytes | int:
+            length = None if request.path == b"/stream" else 7
+            request.relay_answer(203, b"Relayed", fields, length)
+            return later(request, b"{", b"}", b"\n" * 5)
+
+        served = await self.serve(_Resource(relay))
+        client, (answer, chunked) = await self.exchange(served, get(b"/list") + get(b"/stream"), b"GET", b"GET")
+        self.assertEqual((answer.code, answer.phrase), (203, b"Relayed"))
+        self.assertEqual(answer.header(b"content-length"), b"7")
+        self.assertEqual(answer.headers.getRawHeaders(b"warning"), [b"1", b"2"])
+        self.assertEqual(answer.header(b"content-type"), b"application/json")  # no default added
+        self.assertEqual(answer.body, b"{}\n\n\n\n\n")
+        self.assertEqual(chunked.header(b"transfer-encoding"), b"chunked")
+        self.assertIsNone(chunked.header(b"content-length"))
+        self.assertEqual(chunked.body, b"{}\n\n\n\n\n")
+        # HTTP/1.0: no chunks, the connection ends the body and closes.
+        client = await self.connect(served)
+        client.transport.write(get(b"/stream", b"HTTP/1.0"))  # type: ignore[union-attr]
+        (plain,) = await closing_answers(client, b"GET")
+        self.assertIsNone(plain.chunks)
+        self.assertEqual(plain.body, b"{}\n\n\n\n\n")
+
+    async def test_a_relayed_answer_becomes_headers_when_someone_reads_them(self) -> None:
+        def relay(request: Any) -> bytes | int:
+            request.relay_answer(200, b"OK", [(b"X-Up", b"1"), (b"Content-Type", b"text/plain")], 2)
+            headers = request.responseHeaders  # the fields and the length, as Headers
+            self.assertEqual(headers.getRawHeaders(b"x-up"), [b"1"])
+            self.assertEqual(headers.getRawHeaders(b"content-length"), [b"2"])
+            request.setHeader(b"x-added", b"yes")  # and what is set then is written too
+            return later(request, b"ok")
+
+        served = await self.serve(_Resource(relay))
+        client, (answer,) = await self.exchange(served, get(b"/"), b"GET")
+        self.assertEqual((answer.header(b"x-up"), answer.header(b"x-added")), (b"1", b"yes"))
+        self.assertEqual((answer.header(b"content-length"), answer.body), (b"2", b"ok"))
+        self.assertEqual(answer.header(b"content-type"), b"text/plain")
+
     async def test_answer_without_length_on_http10_ends_with_the_connection(self) -> None:
         resource = _Resource(lambda request: later(request, b"one", b"two", b"3\r\n"))
         served = await self.serve(resource)

@@ -11,7 +11,8 @@ yurthub's proxy uses of a twisted.web request:
 - ``method``, ``uri``, ``path``, ``args``, ``clientproto``, ``requestHeaders`` (a
   `Headers`), ``content`` (the body in a `BytesIO`), ``getHeader``, ``getClientAddress``,
   ``getHost``, ``isSecure``;
-- ``setResponseCode``, ``setHeader``, ``responseHeaders`` (assignable), ``write``,
+- ``setResponseCode``, ``setHeader``, ``responseHeaders`` (assignable), ``relay_answer``
+  (an upstream answer's code and fields, written as they came), ``write``,
   ``finish``, ``notifyFinish``, ``registerProducer``/``unregisterProducer``, ``code``,
   ``startedWriting``, ``finished``, ``_disconnected``, ``channel``, ``defaultContentType``,
   with twisted.web's meaning: the head goes out with the first write, chunked when no
@@ -88,6 +89,10 @@ class LeanRequest:
     _no_body = False
     producer: Any = None
     site: Any = None
+    #: `relay_answer`'s fields and length while nobody asked for ``responseHeaders``.
+    _relayed: list[tuple[bytes, bytes]] | None = None
+    _relayed_length: int | None = None
+    _response_headers: Headers | None = None
 
     def __init__(
         self,
@@ -104,7 +109,6 @@ class LeanRequest:
         self.uri = uri
         self.clientproto = version
         self.requestHeaders = headers
-        self.responseHeaders = Headers()
         self.content = BytesIO(body)
         self.persistent = persistent
         self.notifications: list[defer.Deferred[None]] = []
@@ -152,8 +156,54 @@ class LeanRequest:
     def setHeader(self, name: bytes | str, value: bytes | str) -> None:  # noqa: N802
         self.responseHeaders.setRawHeaders(name, [value])
 
+    @property
+    def responseHeaders(self) -> Headers:  # noqa: N802 - IRequest's name
+        headers = self._response_headers
+        if headers is None:
+            headers = self._response_headers = headers_from(self._relayed or ())
+            if self._relayed_length is not None:
+                set_field(headers, b"content-length", b"%d" % self._relayed_length)
+            self._relayed = None
+        return headers
+
+    @responseHeaders.setter
+    def responseHeaders(self, headers: Headers) -> None:  # noqa: N802
+        self._response_headers = headers
+        self._relayed = None
+
+    def relay_answer(self, code: int, phrase: bytes, fields: list[tuple[bytes, bytes]], length: int | None) -> None:
+        """Answer with an upstream answer's code, phrase and own fields (the connection's
+        taken out) and its body's ``length`` (None: unknown, the body goes chunked), no
+        default Content-Type: the head is written from ``fields`` as they are, unless
+        someone reads or replaces ``responseHeaders`` first."""
+        self.code = code
+        self.code_message = phrase
+        self.defaultContentType = None
+        self._response_headers = None
+        self._relayed = fields
+        self._relayed_length = length
+
+    def _relayed_head(self, fields: list[tuple[bytes, bytes]]) -> bytes:
+        """`_head` for `relay_answer`'s fields: the same additions, without `Headers`."""
+        code = self.code
+        head = [self.clientproto, b" %d " % code, self.code_message, b"\r\n"]
+        for name, value in fields:
+            head += (name, b": ", value, b"\r\n")
+        length = self._relayed_length
+        if length is not None:
+            head.append(b"Content-Length: %d\r\n" % length)
+        elif self.clientproto == _HTTP11 and self.method != b"HEAD" and code not in NO_BODY_CODES:
+            head.append(b"Transfer-Encoding: chunked\r\n")
+            self.chunked = True
+        if not self.persistent and self.clientproto == _HTTP11:
+            head.append(b"Connection: close\r\n")
+        head.append(b"\r\n")
+        return b"".join(head)
+
     def _head(self) -> bytes:
         """The status line and header block, with twisted.web's additions."""
+        if self._relayed is not None:
+            return self._relayed_head(self._relayed)
         headers = self.responseHeaders
         code = self.code
         length = field(headers, b"content-length")

@@ -44,7 +44,7 @@ from yurthub.filters.chain import FilterChain, FilterError, RequestFilters
 from yurthub.interfaces import IAttempts, IFailoverFactory
 from yurthub.lines import LineBuffer
 from yurthub.metrics import ProxyMetrics
-from yurthub.proxy.headers import field, presents_node, request_target, set_field, strip_hop_by_hop
+from yurthub.proxy.headers import presents_node, request_target, set_field, strip_hop_by_hop
 from yurthub.proxy.status import abort_client, finish_with_status, when_ended
 from yurthub.requestinfo import RequestInfo
 from yurthub.upstream.backends import Backend
@@ -641,11 +641,9 @@ class _Exchange:
         watch = info.verb == "watch"
         proxy.metrics.observe_upstream(info.verb, proxy.reactor.seconds() - started)
         request = self.request
-        request.setResponseCode(response.code, response.phrase)
         # The client took the connection's fields (and those its Connection names) out of
-        # response.headers: what remains is the answer's own, and becomes the client's.
-        headers = response.headers
-        content_type = (field(headers, b"content-type") or (b"",))[0]
+        # the answer's: what remains is the answer's own, and becomes the client's.
+        content_type = response.content_type
         stage = self.stage if 200 <= response.code < 300 else None
         if stage is not None and content_type.split(b";", 1)[0].strip().lower() != b"application/json":
             # Filters read JSON only: never pass an answer they could not read.
@@ -653,12 +651,20 @@ class _Exchange:
             finish_with_status(request, 502, "the cloud answered a filtered request in a format other than JSON")
             return
         whole = stage is not None and not watch  # written once filtered
-        if whole:
-            headers.removeHeader(b"content-length")
-        elif response.length is not UNKNOWN_LENGTH and request.method != b"HEAD":
-            set_field(headers, b"content-length", b"%d" % response.length)
-        request.responseHeaders = headers
-        request.defaultContentType = None  # type: ignore[assignment]
+        length = response.length if response.length is not UNKNOWN_LENGTH and request.method != b"HEAD" else None
+        relay_answer = getattr(request, "relay_answer", None) if stage is None else None
+        if relay_answer is not None:
+            # The lean server writes the fields as they came (no `Headers` in between).
+            relay_answer(response.code, response.phrase, response.fields, length)
+        else:
+            request.setResponseCode(response.code, response.phrase)
+            headers = response.headers
+            if whole:
+                headers.removeHeader(b"content-length")
+            elif length is not None:
+                set_field(headers, b"content-length", b"%d" % length)
+            request.responseHeaders = headers
+            request.defaultContentType = None  # type: ignore[assignment]
         if watch or (response.length is UNKNOWN_LENGTH and not whole):
             # Streams: send the status line and headers now, before the first event.
             request.write(b"")

@@ -130,14 +130,30 @@ class _BodyProducer:
 
 
 class UpstreamResponse:
-    """The head of an answer; its body goes to the protocol given to `deliverBody`."""
+    """The head of an answer; its body goes to the protocol given to `deliverBody`.
 
-    def __init__(self, connection: _Connection, code: int, phrase: bytes, headers: Headers, length: Any) -> None:
+    ``fields`` are the answer's own fields in order, as the backend spelt them (the
+    connection's taken out), ``content_type`` the first Content-Type value (or empty);
+    ``headers`` holds the same fields as `Headers`, built on first use (a plain relay
+    writes ``fields`` as they are and never needs it)."""
+
+    def __init__(
+        self, connection: _Connection, code: int, phrase: bytes, fields: list[tuple[bytes, bytes]], length: Any,
+        content_type: bytes = b"",
+    ) -> None:  # fmt: skip
         self.code = code
         self.phrase = phrase
-        self.headers = headers
+        self.fields = fields
+        self.content_type = content_type
         self.length = length
         self._connection = connection
+        self._headers: Headers | None = None
+
+    @property
+    def headers(self) -> Headers:
+        if self._headers is None:
+            self._headers = headers_from(self.fields)
+        return self._headers
 
     def deliverBody(self, protocol: Any) -> None:  # noqa: N802 - IResponse's name
         self._connection.deliver_to(protocol)
@@ -237,6 +253,7 @@ class _Connection(Protocol):
         chunked = False
         listed: frozenset[bytes] = _NO_NAMES  # fields the answer's Connection names are hop-by-hop too
         kept = []
+        content_type = b""
         lowered = _LOWERED
         for field in self._headers:
             lower = lowered.get(field[0])
@@ -253,10 +270,13 @@ class _Connection(Protocol):
                 elif lower == b"connection":
                     listed = listed | named_by_connection(value)
                 continue
+            if lower == b"content-type" and not content_type:
+                content_type = field[1]
             kept.append(field)
         if listed:
             kept = [field for field in kept if (lowered.get(field[0]) or field[0].lower()) not in listed]
-        headers = headers_from(kept)
+            if b"content-type" in listed:
+                content_type = b""
         if self._is_head or code in (204, 304):
             length = 0
         elif chunked:
@@ -264,7 +284,7 @@ class _Connection(Protocol):
         self._close_delimited = length is UNKNOWN_LENGTH and not chunked
         self._in_body = True
         waiting, self._waiting = self._waiting, None
-        response = UpstreamResponse(self, code, self._phrase or RESPONSES.get(code, b""), headers, length)
+        response = UpstreamResponse(self, code, self._phrase or RESPONSES.get(code, b""), kept, length, content_type)
         if self._is_head:
             # No body follows, whatever Content-Length says; llhttp would wait for one.
             self._finish(_DONE, reusable=False)
