@@ -215,6 +215,9 @@ class Flaky(Resource):
     def __init__(self, rng: random.Random) -> None:
         super().__init__()
         self.rng = rng
+        #: Its delayed answers and cuts, cancelled at the end of the test (one whose
+        #: client is long gone may still be waiting then).
+        self.later: list[Any] = []
 
     def render(self, request: Request) -> Any:
         if request.path in (b"/readyz", b"/healthz"):
@@ -233,9 +236,10 @@ class Flaky(Resource):
             request.setHeader(b"content-type", b"application/json")
             request.write(b'{"kind":"PodList",')
             if self.rng.random() < 0.3:  # ... or dies after the first piece
-                reactor.callLater(0.005, request.channel.transport.abortConnection)  # type: ignore[attr-defined, union-attr]
+                self.later.append(reactor.callLater(0.005, request.channel.transport.abortConnection))  # type: ignore[attr-defined, union-attr]
             else:
-                reactor.callLater(self.rng.random() * 0.02, _finish, request, b'"items":[]}')  # type: ignore[attr-defined]
+                self.later.append(reactor.callLater(self.rng.random() * 0.02, _finish, request, b'"items":[]}'))  # type: ignore[attr-defined]
+            self.later = [call for call in self.later if call.active()]
             return NOT_DONE_YET
         request.setHeader(b"content-type", b"application/json")
         return b'{"kind":"PodList","items":[]}'
@@ -254,7 +258,9 @@ class SlotReleaseTests(TestCase):
 
     async def test_ten_thousand_requests_with_aborts_and_upstream_failures_leave_nothing_in_flight(self) -> None:
         rng = random.Random(2026)
-        port = await listen_site(self, Flaky(rng))
+        flaky = Flaky(rng)
+        port = await listen_site(self, flaky)
+        self.addCleanup(lambda: [call.cancel() for call in flaky.later if call.active()])
         hub = await start_hub(self, [f"http://127.0.0.1:{port}"], flowControl={"maxRequestsInFlight": 20})
         proxy = hub.port_of("listen.proxy")
         outcomes: dict[str, int] = {}

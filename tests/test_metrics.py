@@ -68,20 +68,30 @@ class PlainMetricTests(SynchronousTestCase):
 class ProxyMetricsTests(SynchronousTestCase):
     def test_a_request_is_in_flight_then_counted(self) -> None:
         metrics = ProxyMetrics()
-        labels = metrics.request_labels(parse_request_info(b"GET", b"/api/v1/pods", b"kubelet/v1.31.0"))
-        metrics.started(labels)
+        series = metrics.series(parse_request_info(b"GET", b"/api/v1/pods", b"kubelet/v1.31.0"))
+        series.started()
         self.assertEqual(metrics.in_flight.labels("kubelet").value, 1)
-        metrics.finished(labels, "200")
+        series.finished(200)
+        # Another info of the same labels counts into the same children.
+        same = metrics.series(parse_request_info(b"GET", b"/api/v1/pods?limit=5", b"kubelet/v1.32.0"))
+        same.started()
+        same.finished("200")
+        same.started()
+        same.finished("aborted")
         text = metrics.render().decode()
         self.assertIn('yurthub_proxy_in_flight_requests{component="kubelet"} 0.0', text)
-        self.assertIn('yurthub_proxy_requests_total{code="200",component="kubelet",resource="pods",verb="list"} 1.0', text)
+        self.assertIn('yurthub_proxy_requests_total{code="200",component="kubelet",resource="pods",verb="list"} 2.0', text)
+        self.assertIn('yurthub_proxy_requests_total{code="aborted",component="kubelet",resource="pods",verb="list"} 1.0', text)
 
     def test_client_chosen_labels_stay_bounded(self) -> None:
         metrics = ProxyMetrics()
         for i in range(150):
-            labels = metrics.request_labels(parse_request_info(b"GET", b"/api/v1/res%d/x" % i, b"agent-%d/1" % i))
-            metrics.started(labels)
-            metrics.finished(labels, "200")
+            series = metrics.series(parse_request_info(b"GET", b"/api/v1/res%d/x" % i, b"agent-%d/1" % i))
+            series.started()
+            series.finished(200)
+            metrics.observe_upstream(f"verb{i}", 0.01)
         text = metrics.render().decode()
         self.assertIn('component="other"', text)
+        self.assertLessEqual(len(metrics._series), 101)
+        self.assertLessEqual(len(metrics._latency_of), 64)
         self.assertLessEqual(text.count("yurthub_proxy_in_flight_requests{"), 101)

@@ -213,7 +213,9 @@ class ProxyMetrics:
 
         self._seen: dict[str, set[str]] = {"component": set(), "verb": set(), "resource": set()}
         self._children: dict[tuple[Any, ...], Any] = {}
-        self._labels: dict[Any, tuple[str, str, str]] = {}
+        self._series: dict[tuple[str, str, str], RequestSeries] = {}
+        self._series_of: dict[Any, RequestSeries] = {}
+        self._latency_of: dict[str, _Buckets] = {}
 
     def _bounded(self, label: str, value: str) -> str:
         seen = self._seen[label]
@@ -231,28 +233,20 @@ class ProxyMetrics:
             child = self._children[key] = metric.labels(*values)
         return child
 
-    def request_labels(self, info: Any) -> tuple[str, str, str]:
-        """The bounded (component, verb, resource) of a request info, remembered."""
-        labels = self._labels.get(info)
-        if labels is None:
-            if len(self._labels) >= 1024:
-                self._labels.clear()
+    def series(self, info: Any) -> RequestSeries:
+        """The `RequestSeries` of a request info's bounded (component, verb, resource),
+        remembered per info."""
+        series = self._series_of.get(info)
+        if series is None:
+            if len(self._series_of) >= 1024:
+                self._series_of.clear()
             bounded = self._bounded
-            labels = self._labels[info] = (
-                bounded("component", info.component),
-                bounded("verb", info.verb),
-                bounded("resource", info.resource),
-            )
-        return labels
-
-    def started(self, labels: tuple[str, str, str]) -> None:
-        """A proxied request with these `request_labels` is now in flight."""
-        self.in_flight.labels(labels[0]).value += 1
-
-    def finished(self, labels: tuple[str, str, str], code: str) -> None:
-        """It ended with ``code`` (an HTTP code or ``aborted``)."""
-        self.in_flight.labels(labels[0]).value -= 1
-        self.requests.labels(*labels, code).value += 1
+            labels = (bounded("component", info.component), bounded("verb", info.verb), bounded("resource", info.resource))
+            series = self._series.get(labels)
+            if series is None:  # bounded: at most MAX_LABEL_VALUES + 1 values of each label
+                series = self._series[labels] = RequestSeries(self, labels)
+            self._series_of[info] = series
+        return series
 
     def flow_rejected(self, component: str) -> None:
         """A request from ``component`` got 429."""
@@ -260,11 +254,42 @@ class ProxyMetrics:
 
     def observe_upstream(self, verb: str, seconds: float) -> None:
         """An upstream answered a ``verb`` request's headers after ``seconds``."""
-        self.upstream_latency.labels(self._bounded("verb", verb)).observe(seconds)
+        histogram = self._latency_of.get(verb)
+        if histogram is None:
+            if len(self._latency_of) >= 64:  # verbs of non-resource requests are methods
+                self._latency_of.clear()
+            histogram = self._latency_of[verb] = self.upstream_latency.labels(self._bounded("verb", verb))
+        histogram.observe(seconds)
 
     def render(self) -> bytes:
         """The text exposition format of every metric."""
         return generate_latest(self.registry)
+
+
+class RequestSeries:
+    """What a proxied request with one bounded (component, verb, resource) counts: the
+    in-flight gauge's child and the request counter's child of each final code, each
+    found once rather than by a labelled look-up per request."""
+
+    __slots__ = ("_by_code", "_requests", "flight", "labels")
+
+    def __init__(self, metrics: ProxyMetrics, labels: tuple[str, str, str]) -> None:
+        self.labels = labels
+        self.flight: _Value = metrics.in_flight.labels(labels[0])
+        self._requests = metrics.requests
+        self._by_code: dict[int | str, _Value] = {}
+
+    def started(self) -> None:
+        """A request of this series is now in flight."""
+        self.flight.value += 1
+
+    def finished(self, code: int | str) -> None:
+        """It ended with ``code`` (an HTTP code or ``aborted``)."""
+        self.flight.value -= 1
+        counter = self._by_code.get(code)
+        if counter is None:  # bounded: HTTP codes are three digits
+            counter = self._by_code[code] = self._requests.labels(*self.labels, str(code))
+        counter.value += 1
 
 
 class InFlightCollector:

@@ -547,6 +547,22 @@ def decode_list(
     return items, str((fields.get("metadata") or {}).get("resourceVersion", ""))
 
 
+_IS_JSON: dict[bytes, bool] = {}
+
+
+def is_json(content_type: bytes | None) -> bool:
+    """Whether a Content-Type value names plain JSON (remembered per value: an upstream
+    sends the same few)."""
+    if not content_type:
+        return False
+    known = _IS_JSON.get(content_type)
+    if known is None:
+        if len(_IS_JSON) >= _MEMO_SIZE:
+            _IS_JSON.clear()
+        known = _IS_JSON[content_type] = content_type.split(b";", 1)[0].strip().lower() == b"application/json"
+    return known
+
+
 class ResponseTee:
     """Sees an answer's body as it streams to the client; applies it to the cache."""
 
@@ -558,8 +574,7 @@ class ResponseTee:
     def start(self, code: int, content_type: bytes | None) -> bool:
         """The response began; False (and the tee goes quiet) unless it is a 2xx JSON
         answer worth caching."""
-        media = (content_type or b"").split(b";", 1)[0].strip().lower()
-        self.active = 200 <= code < 300 and media == b"application/json"
+        self.active = 200 <= code < 300 and is_json(content_type)
         return self.active
 
     def feed(self, data: bytes) -> None:
@@ -577,7 +592,9 @@ class WholeTee(ResponseTee):
     """get, list, create, update, patch: the whole body, decoded once it is complete."""
 
     def __init__(self, manager: CacheManager, info: RequestInfo) -> None:
-        super().__init__(manager, info)
+        self.manager = manager  # ResponseTee's three, set here: one call less per request
+        self.info = info
+        self.active = True
         self._chunks: list[bytes] = []
         self._size = 0
 

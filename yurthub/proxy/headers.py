@@ -116,8 +116,10 @@ def strip_hop_by_hop(headers: Headers, *, also_drop: frozenset[bytes] = frozense
     if _DIRECT and not listed:
         # The usual case (no Connection header): drop the fixed names by their keys.
         raw = headers._rawHeaders
-        for key in _hop_keys(also_drop) & raw.keys():
-            del raw[key]
+        keys = _hop_keys(also_drop)
+        if not keys.isdisjoint(raw):  # usually there is none: one check, no new set
+            for key in [key for key in raw if key in keys]:
+                del raw[key]
         return headers
     drop = HOP_BY_HOP | listed | also_drop
     doomed = [name for name, _ in headers.getAllRawHeaders() if name.lower() in drop]

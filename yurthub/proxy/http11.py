@@ -248,7 +248,7 @@ class LeanRequest:
             elif self.chunked:
                 channel.writeSequence((head, b"%x\r\n" % len(data), data, b"\r\n"))
             else:
-                channel.writeSequence((head, data))
+                channel._send((head, data), len(head) + len(data))
             return
         if data and not self._no_body:
             if self.chunked:

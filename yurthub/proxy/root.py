@@ -83,15 +83,14 @@ class _Accounting:
     flow-control slot back: however it ends (answered, client gone, upstream failed, a
     splice closed), once."""
 
-    __slots__ = ("_held", "_labels", "_metrics", "_open", "_request")
+    __slots__ = ("_held", "_open", "_request", "_series")
 
     def __init__(self, metrics: ProxyMetrics, info: RequestInfo, request: Request, held: Slot) -> None:
-        self._metrics = metrics
-        self._labels = metrics.request_labels(info)
+        self._series = metrics.series(info)
         self._request = request
         self._held = held
         self._open = True
-        metrics.started(self._labels)
+        self._series.started()
 
     def finished(self) -> None:
         self.done(self._request.code)
@@ -104,7 +103,7 @@ class _Accounting:
             return
         self._open = False
         self._held.release()
-        self._metrics.finished(self._labels, str(code))
+        self._series.finished(code)
 
 
 class ProxyRoot(Resource):

@@ -85,6 +85,8 @@ def named_by_connection(value: bytes) -> frozenset[bytes]:
     return names
 
 
+#: Methods known to be tokens (the rest are checked with `_METHOD`).
+_TOKENS = frozenset({b"GET", b"HEAD", b"POST", b"PUT", b"PATCH", b"DELETE", b"OPTIONS"})
 #: A request method is an RFC 9110 token.
 _METHOD = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")
 #: What may not appear in a request target (control characters and white space).
@@ -505,7 +507,7 @@ class UpstreamClient:
         ``cancel()`` on what this returns, neither is called (for a connection still being
         made, ``failed`` hears of its `CancelledError`)."""
         pending = Pending()
-        if not _METHOD.match(method):
+        if method not in _TOKENS and not _METHOD.match(method):
             failed(Failure(ValueError(f"invalid request method {method!r}")), context)
             return pending
         if UNSAFE_TARGET.search(target):
