@@ -35,6 +35,7 @@ class FaultyDisk(_Disk):
     """A `_Disk` whose ``write`` or ``fsync`` fails with ``fault`` = (step, errno)."""
 
     def __init__(self) -> None:
+        super().__init__()
         self.fault: tuple[str, int] | None = None
         self.failed = 0
 

@@ -105,6 +105,7 @@ class ScriptedDisk(_Disk):
     ``crash_at``, or held at ``gate`` when a temp file is about to be created."""
 
     def __init__(self) -> None:
+        super().__init__()
         self.armed = False
         self.steps = 0
         self.step_names: list[str] = []
@@ -1097,6 +1098,26 @@ class LoadTests(FilesystemStoreCase):
     """Reading a cache directory: OpenYurt's as it is, damaged entries skipped and counted."""
 
     @defer.inlineCallbacks
+    def test_a_cold_load_reads_ahead_in_batches_takes_every_object_and_leaves_no_descriptor(self):
+        self.patch(store_module, "PREFETCH_BATCH", 7)  # many batches, one ending mid-directory
+        self.patch(store_module, "COLD_READ_SECONDS", 0.0)  # every read "from the disk": read ahead
+        directory = self.mktemp()
+        for i in range(40):
+            write_file(os.path.join(directory, f"kubelet/pods.v1.core/ns{i % 2}/p{i}"), pod(f"p{i}", "3", f"ns{i % 2}"))
+        for i in range(9):
+            write_file(os.path.join(directory, f"kubelet/nodes.v1.core/n{i}"), b'{"metadata":{"name":"n%d","resourceVersion":"1"}}' % i)
+        os.symlink("/etc/passwd", os.path.join(directory, "kubelet/pods.v1.core/ns0/evil"))
+        write_file(os.path.join(directory, "kubelet/pods.v1.core/ns1/.tmp-half"), b'{"half')
+        store = yield self.loaded_store(directory)
+        self.assertEqual(len(store.list("kubelet", PODS)), 40)
+        self.assertEqual(len(store.list("kubelet", NODES)), 9)
+        self.assertIsNone(store.get(pod_key("evil", "ns0")))
+        self.assertEqual(store.get(pod_key("p7", "ns1")), pod("p7", "3", "ns1"))
+        self.assertFalse(os.path.exists(os.path.join(directory, "kubelet/pods.v1.core/ns1/.tmp-half")))
+        self.assertTrue(store._reading_ahead)
+        self.assertEqual(store._disk._prefetched, {})  # every descriptor read or closed
+
+    @defer.inlineCallbacks
     def test_an_openyurt_cache_directory_loads_as_it_is(self):
         directory = self.mktemp()
         files = {
@@ -1336,6 +1357,23 @@ class DiskReadTests(TestCase):
         os.symlink(target, link)
         with self.assertRaises(OSError):
             _Disk().read(link, 2)
+        disk = _Disk()
+        disk.prefetch([link])  # nor read ahead: the read still refuses it
+        with self.assertRaises(OSError):
+            disk.read(link, 2)
+
+    def test_prefetched_files_read_the_same_and_leave_no_descriptor_open(self):
+        paths = [self.file(b"%d" % i * 100) for i in range(5)]
+        before = len(os.listdir("/proc/self/fd"))
+        disk = _Disk()
+        disk.prefetch([*paths, paths[0], self.mktemp()])  # a repeat and a missing file: skipped
+        self.assertEqual(len(os.listdir("/proc/self/fd")), before + 5)
+        self.assertEqual(disk.read(paths[1], 100), b"1" * 100)
+        self.assertEqual(disk.read(paths[1], 100), b"1" * 100)  # opened anew the second time
+        self.assertEqual(len(os.listdir("/proc/self/fd")), before + 4)
+        disk.drop_prefetched()
+        self.assertEqual(len(os.listdir("/proc/self/fd")), before)
+        self.assertEqual(disk.read(paths[4]), b"4" * 100)
 
 
 class KeyPathTests(TestCase):

@@ -59,6 +59,7 @@ class RecordCrashDisk(_Disk):
     over the record, or fails that rename with ``fault``."""
 
     def __init__(self, fault: int | None = None) -> None:
+        super().__init__()
         self.fault = fault
 
     def rename(self, source: str, target: str) -> None:
