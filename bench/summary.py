@@ -309,8 +309,8 @@ def value_text(row: Mapping[str, Any]) -> str:
         return "-"
     if unit == "ratio":
         return f"{value:.3f}"
-    if unit == "times":
-        return f"{value:.1f}x slower"
+    if unit == "times":  # yurthub's latency over the anchor's
+        return f"{1 / value:.1f}x faster" if 0 < value < 1 else f"{value:.1f}x slower"
     if unit == "fraction":
         return f"{100 * value:+.1f} %"
     if unit == "failed":

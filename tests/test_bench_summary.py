@@ -188,6 +188,13 @@ class BuildSummaryTests(SynchronousTestCase):
         self.assertIn("<= 80 MB", text)
         self.assertIn("+2.5 %", text)
 
+    def test_latency_rows_say_faster_or_slower(self) -> None:
+        from bench.summary import value_text
+
+        self.assertEqual(value_text({"value": 0.75, "unit": "times"}), "1.3x faster")
+        self.assertEqual(value_text({"value": 3.6, "unit": "times"}), "3.6x slower")
+        self.assertEqual(value_text({"value": 1.0, "unit": "times"}), "1.0x slower")
+
 
 class DrawChartTests(SynchronousTestCase):
     """`draw_chart` writes a PNG, whatever the verdicts and missing rows."""
