@@ -140,10 +140,11 @@ class ApplyTests(SynchronousTestCase):
         self.assertTrue(manager.list_unchanged(parse_request_info(b"GET", b"/api/v1/pods", b"kubelet/v1.32.1"), v101))
 
     def test_list_version_is_read_from_the_head(self) -> None:
-        from yurthub.cache.manager import list_version
+        from yurthub.cache.manager import list_head_match
 
-        self.assertEqual(list_version(b'{"kind":"PodList","apiVersion":"v1","metadata":{"resourceVersion":"42"},"items":[]}'), "42")
-        self.assertIsNone(list_version(b'{"kind":"PodList","items":[{"metadata":{"resourceVersion":"7"}}]}'))
+        found = list_head_match(b'{"kind":"PodList","apiVersion":"v1","metadata":{"resourceVersion":"42"},"items":[]}')
+        self.assertEqual(found.group(1) if found else None, b"42")
+        self.assertIsNone(list_head_match(b'{"kind":"PodList","items":[{"metadata":{"resourceVersion":"7"}}]}'))
 
     def test_list_decoding_item_by_item_matches_a_whole_decode(self) -> None:
         document = pod_list(pod("a", app="x"), pod("b"), rv=9)

@@ -252,7 +252,7 @@ class CacheManager:
         head = self._list_heads.get(list_id)
         if head is not None and body.startswith(head):
             return True  # the very bytes up to the version that matched last time
-        match = _list_head_match(body)
+        match = list_head_match(body)
         if match is None or match.group(1).decode("ascii", "replace") != known:
             return False
         if len(self._list_heads) > 10_000:
@@ -423,17 +423,11 @@ def _peek_rv(data: bytes) -> str:
 _LIST_HEAD_RV = re.compile(rb'"metadata"\s*:\s*\{[^{}]*?"resourceVersion"\s*:\s*"([^"]*)"')
 
 
-def _list_head_match(body: bytes) -> re.Match[bytes] | None:
-    """The match of `_LIST_HEAD_RV` in a list's head: its first 2 KiB, before ``items``."""
+def list_head_match(body: bytes) -> re.Match[bytes] | None:
+    """Where a list's own resourceVersion is (group 1), read from its head: the first
+    2 KiB, before ``items`` (lists put ``metadata`` first); None if it is not there."""
     end = body.find(b'"items"', 0, 2048)
     return _LIST_HEAD_RV.search(body, 0, end if end != -1 else min(len(body), 2048))
-
-
-def list_version(body: bytes) -> str | None:
-    """The resourceVersion in a list's own metadata, read from its head (lists put
-    ``metadata`` before ``items``); None if it is not there."""
-    match = _list_head_match(body)
-    return match.group(1).decode("ascii", "replace") if match else None
 
 
 _WS = re.compile(r"[ \t\n\r]*")

@@ -39,7 +39,7 @@ from twisted.web.iweb import UNKNOWN_LENGTH, IBodyProducer, IResponse
 from twisted.web.server import Request
 from zope.interface import implementer
 
-from yurthub.cache.manager import CacheManager, ResponseTee
+from yurthub.cache.manager import CacheManager, ResponseTee, is_json
 from yurthub.filters.chain import FilterChain, FilterError, RequestFilters
 from yurthub.interfaces import IAttempts, IFailoverFactory
 from yurthub.lines import LineBuffer
@@ -645,7 +645,7 @@ class _Exchange:
         # the answer's: what remains is the answer's own, and becomes the client's.
         content_type = response.content_type
         stage = self.stage if 200 <= response.code < 300 else None
-        if stage is not None and content_type.split(b";", 1)[0].strip().lower() != b"application/json":
+        if stage is not None and not is_json(content_type):
             # Filters read JSON only: never pass an answer they could not read.
             response.deliverBody(_Discard())
             finish_with_status(request, 502, "the cloud answered a filtered request in a format other than JSON")
